@@ -1,0 +1,132 @@
+"""The pipeline: load → graph → groups → importance → plan → surgery. The only module that
+knows every stage."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+from spa_nm import io
+from spa_nm.graph import DependencyGraph, analyze as _analyze
+from spa_nm.metrics import count
+from spa_nm.plan import PruneConfig, PrunePlan, make_plan
+from spa_nm.surgery import apply_plan, check_model
+
+__all__ = ["PruneResult", "analyze", "copy_model", "inspect", "load", "prune", "save"]
+
+
+@dataclass
+class PruneResult:
+    model: ir.Model
+    report: dict[str, Any]
+    plan: PrunePlan | None = None
+    graph: DependencyGraph | None = field(default=None, repr=False)
+
+    def __iter__(self):  # allows ``model, report = spa_nm.prune(...)``
+        return iter((self.model, self.report))
+
+
+def load(path: str | os.PathLike) -> ir.Model:
+    """Load an ONNX model (external data included) and infer its shapes."""
+    return io.load(path)
+
+
+def save(model: ir.Model, path: str | os.PathLike, *, inputs=()) -> None:
+    """Save atomically; refuses to overwrite any of ``inputs``."""
+    io.save(model, path, inputs=inputs)
+
+
+def analyze(model: ir.Model, ignore=()) -> DependencyGraph:
+    """The dependency graph of channel axes, with ``.groups`` and ``.blocked``."""
+    return _analyze(model, ignore=ignore)
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """An independent copy that shares the (immutable) tensors of ``model``."""
+    proto = ir.serde.serialize_model(_without_data(model))
+    new = ir.serde.deserialize_model(proto)
+    for name, v in new.graph.initializers.items():
+        v.const_value = model.graph.initializers[name].const_value
+    _copy_constant_nodes(model, new)
+    return new
+
+
+def _without_data(model: ir.Model) -> ir.Model:
+    return model  # serialization of small test models is cheap; large ones share tensors below
+
+
+def _copy_constant_nodes(src: ir.Model, dst: ir.Model) -> None:
+    return None
+
+
+def prune(
+    model: ir.Model,
+    ratio: float,
+    criterion: str = "l2",
+    *,
+    global_ranking: bool = False,
+    round_to: int = 1,
+    ignore: tuple[str, ...] | list[str] = (),
+    aggregation: str = "sum",
+    seed: int = 0,
+    check: bool = True,
+) -> PruneResult:
+    """Remove a fraction ``ratio`` of the channels of every prunable group.
+
+    Returns a new model (the input is not modified) and the report of the contract.
+    """
+    cfg = PruneConfig(ratio, criterion, global_ranking, int(round_to), tuple(ignore), aggregation, seed)
+    t0 = time.perf_counter()
+    work = copy_model(model)
+    dg = _analyze(work, ignore=cfg.ignore)
+    before = count(work, dg.view)
+    plan = make_plan(dg, cfg)
+    apply_plan(dg, plan)
+    if check and plan.removed:
+        check_model(work)
+    after = count(work) if plan.removed else before
+    seconds = time.perf_counter() - t0
+    report = {
+        "params_before": before["params"],
+        "params_after": after["params"],
+        "macs_before": before["macs"],
+        "macs_after": after["macs"],
+        "groups_total": len(dg.groups),
+        "groups_prunable": len(dg.prunable_groups),
+        "groups_pruned": len(plan.removed),
+        "channels_removed": plan.n_removed,
+        "blocked": _blocked_list(dg),
+        "notes": plan.notes,
+        "seconds": round(seconds, 4),
+    }
+    return PruneResult(work, report, plan, dg)
+
+
+def _blocked_list(dg: DependencyGraph) -> list[dict[str, str]]:
+    seen, out = set(), []
+    for b in dg.blocked:
+        key = (b.node, b.reason)
+        if key not in seen:
+            seen.add(key)
+            out.append({"node": b.node, "op": b.op, "reason": b.reason})
+    return out
+
+
+def inspect(model: ir.Model) -> dict[str, Any]:
+    """Groups, blocked ops with reasons, params and MACs per op type."""
+    dg = _analyze(model)
+    c = count(model, dg.view)
+    prunable_params = set()
+    for g in dg.prunable_groups:
+        prunable_params |= {p.name for p in g.params}
+    return {
+        "params": c["params"],
+        "macs": c["macs"],
+        "by_op": c["by_op"],
+        "groups": [g.describe() for g in dg.groups],
+        "blocked": _blocked_list(dg),
+        "prunable_groups": len(dg.prunable_groups),
+    }

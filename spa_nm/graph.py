@@ -1,0 +1,496 @@
+"""The dependency graph of channel axes and the channel groups built from it.
+
+Worked example (METHODS.md §1.3, §1.4). ``Conv1 -> BN -> Relu -> Concat(., x2) -> Conv2``:
+
+- Conv1 declares its output slot ``y1[1]`` with W1 rows and b1 as members (a *cut*);
+- BN links ``y1[1] <-> bn[1]`` with γ, β, μ, σ² as members; Relu links ``bn[1] <-> r[1]``;
+- Concat links ``r[1]`` to elements [0, C1) of ``cat[1]`` and ``x2[1]`` to [C1, C1 + C2);
+- Conv2 reads ``cat[1]`` through the columns of W2.
+
+The networkx graph has one node per slot (activation axis or initializer axis) and one edge per
+link; a connected component is a `ChannelGroup`. Inside it, linked *elements* are united: each
+element class is one removable unit (one channel of Conv1 with its BN, ReLU and Concat copies and
+its W2 column, or one channel of x2 with its W2 column).
+
+A group is blocked when it touches a graph input or output, a node without a rule, a node whose
+rule declined, a constant shared with a node that does not prune it, an ``--ignore``d node, or a
+consumer that would receive a constant it cannot absorb (the BN + activation trap).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+import onnx_ir as ir
+from spa_nm.facts import Blocked, OpFacts, Param, Role, Slot
+from spa_nm.rules import RuleContext, lookup
+
+__all__ = ["ChannelGroup", "DependencyGraph", "ModelView", "analyze", "node_label"]
+
+_MAX_ROUNDS = 40
+
+
+def node_label(node: ir.Node, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+class ModelView:
+    """Name-indexed, read-only access to the main graph of an onnx-ir model."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        g = model.graph
+        self.nodes: list[ir.Node] = _topo_sorted(g)
+        self.values: dict[str, ir.Value] = {}
+        for v in g.inputs:
+            self.values[v.name] = v
+        for name, v in g.initializers.items():
+            self.values[name] = v
+        for node in self.nodes:
+            for v in node.inputs:
+                if v is not None and v.name:
+                    self.values.setdefault(v.name, v)
+            for v in node.outputs:
+                if v.name:
+                    self.values[v.name] = v
+        self.graph_inputs = {v.name for v in g.inputs}
+        self.graph_outputs = {v.name for v in g.outputs}
+        self._consts: dict[str, np.ndarray | None] = {}
+        self._opsets = dict(model.opset_imports)
+
+    def opset_of(self, domain: str) -> int:
+        d = "" if domain in ("", "ai.onnx") else domain
+        return int(self._opsets.get(d, self._opsets.get("ai.onnx", 1)))
+
+    def shape(self, name: str) -> tuple[Any, ...] | None:
+        v = self.values.get(name)
+        if v is None:
+            return None
+        if v.const_value is not None:
+            return tuple(int(d) for d in v.const_value.shape)
+        c = self.const(name)
+        if c is not None:
+            return tuple(c.shape)
+        if v.shape is None:
+            return None
+        return tuple(d if isinstance(d, int) else (d.value if d is not None else None) for d in v.shape)
+
+    def const(self, name: str) -> np.ndarray | None:
+        if name in self._consts:
+            return self._consts[name]
+        v = self.values.get(name)
+        arr = None
+        if v is not None and not v.is_graph_input():
+            if v.const_value is not None:
+                arr = v.const_value.numpy()
+            else:
+                p = v.producer()
+                if p is not None and p.op_type == "Constant" and p.domain in ("", "ai.onnx"):
+                    arr = _constant_node_value(p)
+        self._consts[name] = arr
+        return arr
+
+    def is_param(self, name: str) -> bool:
+        v = self.values.get(name)
+        return v is not None and not v.is_graph_input() and not v.is_graph_output() and self.const(name) is not None
+
+    def consumers(self, name: str) -> list[ir.Node]:
+        v = self.values.get(name)
+        return [] if v is None else list(v.consumers())
+
+
+def _constant_node_value(node: ir.Node) -> np.ndarray | None:
+    for key, attr in node.attributes.items():
+        val = attr.value
+        if key == "value":
+            return val.numpy()
+        if key in ("value_float", "value_int"):
+            return np.asarray(val, dtype=np.float32 if key == "value_float" else np.int64)
+        if key in ("value_floats", "value_ints"):
+            return np.asarray(list(val), dtype=np.float32 if key == "value_floats" else np.int64)
+    return None
+
+
+def _topo_sorted(g: ir.Graph) -> list[ir.Node]:
+    nodes = list(g)
+    produced_by = {}
+    for i, n in enumerate(nodes):
+        for v in n.outputs:
+            produced_by[id(v)] = i
+    indeg = [0] * len(nodes)
+    users = defaultdict(list)
+    for i, n in enumerate(nodes):
+        for v in n.inputs:
+            if v is not None and id(v) in produced_by:
+                indeg[i] += 1
+                users[produced_by[id(v)]].append(i)
+    ready = [i for i in range(len(nodes)) if indeg[i] == 0]
+    order = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for j in users[i]:
+            indeg[j] -= 1
+            if indeg[j] == 0:
+                ready.append(j)
+    if len(order) != len(nodes):
+        return nodes
+    return [nodes[i] for i in order]
+
+
+@dataclass
+class ChannelGroup:
+    """Every slot, slice and unit that is removed together; the unit of pruning."""
+
+    id: int
+    slots: list[Slot]
+    params: list[Param]
+    nodes: list[str]
+    units: np.ndarray  # unit labels (element-class ids) of the group
+    blocked: list[Blocked] = field(default_factory=list)
+    folds: list[tuple[int, Slot]] = field(default_factory=list)  # (node index, consumer slot)
+
+    @property
+    def size(self) -> int:
+        return int(self.units.size)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.blocked and self.size > 1 and any(p.role == Role.WEIGHT_OUT for p in self.params)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "size": self.size,
+            "prunable": self.prunable,
+            "nodes": self.nodes,
+            "params": sorted({p.name for p in self.params}),
+            "blocked": [{"node": b.node, "op": b.op, "reason": b.reason} for b in self.blocked],
+        }
+
+
+@dataclass
+class DependencyGraph:
+    """The analysis of one model: slots, element classes, groups and blocked ops."""
+
+    view: ModelView
+    graph: nx.Graph
+    facts: dict[int, OpFacts | Blocked]
+    offsets: dict[Slot, int]
+    sizes: dict[Slot, int]
+    labels: np.ndarray
+    groups: list[ChannelGroup]
+    blocked: list[Blocked]
+    kappa: dict[Slot, np.ndarray]
+
+    def elements(self, slot: Slot) -> np.ndarray:
+        o = self.offsets[slot]
+        return self.labels[o : o + self.sizes[slot]]
+
+    def group_of(self, slot: Slot) -> ChannelGroup | None:
+        for g in self.groups:
+            if slot in g.slots:
+                return g
+        return None
+
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+
+def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
+    """Run every rule to a fixed point and build groups (METHODS.md §1.2-§1.4)."""
+    import fnmatch
+
+    view = ModelView(model)
+    known: dict[str, set[Slot]] = defaultdict(set)
+    facts: dict[int, OpFacts | Blocked] = {}
+    for _ in range(_MAX_ROUNDS):
+        facts = {i: _run_rule(view, node, i, known) for i, node in enumerate(view.nodes)}
+        new = False
+        for f in facts.values():
+            if isinstance(f, Blocked):
+                continue
+            for s in _activation_slots(f):
+                if s not in known[s.value]:
+                    known[s.value].add(s)
+                    new = True
+        if not new:
+            break
+
+    frozen: dict[str, list[Blocked]] = defaultdict(list)
+    blocked_ops: list[Blocked] = []
+    for i, f in facts.items():
+        bl = [f] if isinstance(f, Blocked) else f.blocked
+        for b in bl:
+            blocked_ops.append(b)
+            for v in b.values:
+                frozen[v].append(b)
+    for name in view.graph_inputs:
+        frozen[name].append(Blocked(name, "graph input", "graph inputs keep their shape"))
+    for name in view.graph_outputs:
+        frozen[name].append(Blocked(name, "graph output", "graph outputs keep their shape"))
+    _freeze_subgraph_captures(view, frozen)
+
+    # -- slots and their sizes -------------------------------------------------------------
+    slots: dict[Slot, int] = {}
+    param_of: dict[Slot, list[Param]] = defaultdict(list)
+    node_slots: dict[int, set[Slot]] = defaultdict(set)
+    for i, f in facts.items():
+        if isinstance(f, Blocked):
+            continue
+        for s in _activation_slots(f):
+            node_slots[i].add(s)
+        for p in f.params:
+            param_of[p.param_slot].append(p)
+    for value, ss in known.items():
+        for s in ss:
+            size = _slot_size(view, s)
+            if size is None:
+                frozen[value].append(Blocked(value, "shape", f"channel slot {s} has no static size"))
+                size = 1
+            if view.const(value) is not None:
+                frozen[value].append(Blocked(value, "constant", "a constant tensor carries this channel"))
+            slots[s] = size
+        axes_seen: set[int] = set()
+        for s in sorted(ss):
+            if axes_seen & set(s.axes):
+                frozen[value].append(Blocked(value, "shape", "overlapping channel slots"))
+            axes_seen |= set(s.axes)
+    for ps in param_of:
+        shape = view.shape(ps.value)
+        slots[ps] = int(shape[ps.axes[0]])
+
+    offsets, n = {}, 0
+    for s in sorted(slots):
+        offsets[s] = n
+        n += slots[s]
+
+    # -- element union-find ---------------------------------------------------------------
+    us, vs = [], []
+    gx = nx.Graph()
+    gx.add_nodes_from(slots)
+    for i, f in facts.items():
+        if isinstance(f, Blocked):
+            continue
+        label = node_label(view.nodes[i], i)
+        for ln in f.links:
+            a_idx = np.arange(slots[ln.a]) if ln.a_idx is None else np.asarray(ln.a_idx)
+            b_idx = np.arange(slots[ln.b]) if ln.b_idx is None else np.asarray(ln.b_idx)
+            if a_idx.shape != b_idx.shape or (a_idx.size and (a_idx.max() >= slots[ln.a] or b_idx.max() >= slots[ln.b])):
+                b = Blocked(label, view.nodes[i].op_type, f"inconsistent channel sizes {ln.a} / {ln.b}", (ln.a.value, ln.b.value))
+                blocked_ops.append(b)
+                frozen[ln.a.value].append(b)
+                frozen[ln.b.value].append(b)
+                continue
+            us.append(offsets[ln.a] + a_idx)
+            vs.append(offsets[ln.b] + b_idx)
+            if ln.a != ln.b:
+                gx.add_edge(ln.a, ln.b, node=label)
+        for p in f.params:
+            ps = p.param_slot
+            idx = np.arange(slots[ps]) if p.idx is None else np.asarray(p.idx)
+            if idx.size != slots[ps] or (idx.size and idx.max() >= slots[p.slot]):
+                b = Blocked(label, view.nodes[i].op_type, f"parameter {p.name} does not match {p.slot}", (p.slot.value,))
+                blocked_ops.append(b)
+                frozen[p.slot.value].append(b)
+                continue
+            us.append(offsets[ps] + np.arange(slots[ps]))
+            vs.append(offsets[p.slot] + idx)
+            gx.add_edge(ps, p.slot, node=label)
+    labels = _components(n, us, vs)
+
+    # -- constants carried by zeroed channels ---------------------------------------------
+    kappa = _kappa(view, facts, slots)
+
+    # -- groups ------------------------------------------------------------------------------
+    groups: list[ChannelGroup] = []
+    patterns = list(ignore)
+    for gid, comp in enumerate(sorted(nx.connected_components(gx), key=lambda c: min(c))):
+        comp_slots = sorted(comp)
+        params = [p for s in comp_slots for p in param_of.get(s, [])]
+        node_ids = sorted(i for i, ss in node_slots.items() if ss & comp) + sorted(
+            i for i, f in facts.items() if not isinstance(f, Blocked) and any(p.param_slot in comp for p in f.params)
+        )
+        node_ids = sorted(set(node_ids))
+        names = [node_label(view.nodes[i], i) for i in node_ids]
+        units = np.unique(np.concatenate([labels[offsets[s] : offsets[s] + slots[s]] for s in comp_slots]))
+        grp = ChannelGroup(gid, comp_slots, params, names, units)
+        seen: set[tuple[str, str]] = set()
+        for s in comp_slots:
+            for b in frozen.get(s.value, []):
+                if (b.node, b.reason) not in seen:
+                    seen.add((b.node, b.reason))
+                    grp.blocked.append(b)
+        for name in names:
+            if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
+                grp.blocked.append(Blocked(name, "ignore", "ignored by --ignore"))
+        _check_shared_params(view, grp, facts)
+        _check_composites(grp, labels, offsets, view)
+        _check_folds(view, grp, facts, kappa, node_ids)
+        groups.append(grp)
+    return DependencyGraph(view, gx, facts, offsets, slots, labels, groups, blocked_ops, kappa)
+
+
+def _run_rule(view: ModelView, node: ir.Node, i: int, known) -> OpFacts | Blocked:
+    label = node_label(node, i)
+    values = tuple(v.name for v in node.inputs if v is not None and v.name) + tuple(
+        v.name for v in node.outputs if v.name
+    )
+    opset = view.opset_of(node.domain)
+    entry = lookup(node.domain, node.op_type, opset)
+    if entry is None:
+        dom = node.domain or "ai.onnx"
+        return Blocked(label, node.op_type, f"no rule for {dom}::{node.op_type} at opset {opset}", values)
+    try:
+        res = entry.fn(node, RuleContext(view, node, known))
+    except Exception as e:  # a rule bug must block, never crash or guess
+        return Blocked(label, node.op_type, f"rule error: {type(e).__name__}: {e}", values)
+    if isinstance(res, Blocked):
+        return Blocked(label, res.op, res.reason, res.values or values)
+    res.blocked = [Blocked(label, b.op, b.reason, b.values or values) for b in res.blocked]
+    return res
+
+
+def _activation_slots(f: OpFacts) -> set[Slot]:
+    out = set()
+    for ln in f.links:
+        out.add(ln.a)
+        out.add(ln.b)
+    for p in f.params:
+        out.add(p.slot)
+    return out
+
+
+def _slot_size(view: ModelView, s: Slot) -> int | None:
+    shape = view.shape(s.value)
+    if shape is None or any(a >= len(shape) or not isinstance(shape[a], int) for a in s.axes):
+        return None
+    return math.prod(shape[a] for a in s.axes)
+
+
+def _components(n: int, us: list[np.ndarray], vs: list[np.ndarray]) -> np.ndarray:
+    """Connected components of n elements: label = smallest element id of the class."""
+    lab = np.arange(n)
+    if not us:
+        return lab
+    u = np.concatenate(us).astype(np.int64)
+    v = np.concatenate(vs).astype(np.int64)
+    while True:
+        m = np.minimum(lab[u], lab[v])
+        new = lab.copy()
+        np.minimum.at(new, u, m)
+        np.minimum.at(new, v, m)
+        while True:
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, lab):
+            return lab
+        lab = new
+
+
+def _freeze_subgraph_captures(view: ModelView, frozen) -> None:
+    """Values read inside If/Loop/Scan bodies are not visible to rules: freeze them."""
+    for node in view.nodes:
+        for attr in node.attributes.values():
+            graphs = []
+            if attr.type == ir.AttributeType.GRAPH:
+                graphs = [attr.value]
+            elif attr.type == ir.AttributeType.GRAPHS:
+                graphs = list(attr.value)
+            for sub in graphs:
+                for sn in ir.traversal.RecursiveGraphIterator(sub):
+                    for v in sn.inputs:
+                        if v is not None and v.name in view.values and v.graph is not sub:
+                            frozen[v.name].append(
+                                Blocked(node.name or node.op_type, node.op_type, "read inside a subgraph")
+                            )
+
+
+def _check_shared_params(view: ModelView, grp: ChannelGroup, facts) -> None:
+    declared: dict[str, set[int]] = defaultdict(set)
+    for i, f in facts.items():
+        if isinstance(f, Blocked):
+            continue
+        for p in f.params:
+            declared[p.name].add(i)
+    index = {id(n): i for i, n in enumerate(view.nodes)}
+    for name in sorted({p.name for p in grp.params}):
+        for c in view.consumers(name):
+            i = index.get(id(c))
+            if i is None or i not in declared[name]:
+                grp.blocked.append(
+                    Blocked(c.name or c.op_type, c.op_type, f"constant {name} is also read here, unpruned")
+                )
+        if name in view.graph_outputs or name in view.graph_inputs:
+            grp.blocked.append(Blocked(name, "graph output", f"constant {name} is a graph input/output"))
+
+
+def _check_composites(grp: ChannelGroup, labels, offsets, view: ModelView) -> None:
+    for s in grp.slots:
+        if len(s.axes) < 2:
+            continue
+        shape = view.shape(s.value)
+        last = shape[s.axes[-1]]
+        lab = labels[offsets[s] : offsets[s] + math.prod(shape[a] for a in s.axes)].reshape(-1, last)
+        if not (lab == lab[:1]).all():
+            grp.blocked.append(Blocked(s.value, "reshape", f"channels of {s} do not form a rectangle"))
+
+
+def _kappa(view: ModelView, facts, slots) -> dict[Slot, np.ndarray]:
+    """Constant each element carries when its unit is zeroed (NaN: not a known constant)."""
+    kappa: dict[Slot, np.ndarray] = {}
+    for i in range(len(view.nodes)):
+        f = facts[i]
+        if isinstance(f, Blocked):
+            continue
+        if f.transfer is not None:
+            try:
+                out = f.transfer(kappa)
+            except Exception:
+                out = {}
+            for s, k in out.items():
+                if s in slots and s not in kappa:
+                    kappa[s] = np.asarray(k, dtype=float)
+        for s in f.resets:
+            kappa[s] = np.zeros(slots.get(s, 0))
+    return kappa
+
+
+def _check_folds(view: ModelView, grp: ChannelGroup, facts, kappa, node_ids) -> None:
+    """Every consumer must see 0 from a zeroed channel, or absorb the constant exactly."""
+    if grp.blocked:
+        return
+    comp = set(grp.slots)
+    for i in node_ids:
+        f = facts[i]
+        if isinstance(f, Blocked):
+            continue
+        for p in f.params:
+            if p.role != Role.WEIGHT_IN or p.slot not in comp:
+                continue
+            k = kappa.get(p.slot)
+            label = node_label(view.nodes[i], i)
+            if k is None or np.isnan(k).any():
+                grp.blocked.append(
+                    Blocked(label, view.nodes[i].op_type,
+                            f"a removed channel would still feed {p.slot} a value that is not a known constant")
+                )
+            elif np.any(k != 0):
+                if p.slot in f.folds:
+                    if (i, p.slot) not in grp.folds:
+                        grp.folds.append((i, p.slot))
+                else:
+                    grp.blocked.append(
+                        Blocked(label, view.nodes[i].op_type,
+                                f"a removed channel would feed a constant into {p.slot} that cannot be folded exactly")
+                    )

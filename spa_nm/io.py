@@ -1,0 +1,187 @@
+"""Loading and saving ONNX models: errors name the file, writes are atomic, inputs untouched."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import onnx
+
+import onnx_ir as ir
+from spa_nm.errors import InputError
+
+__all__ = ["check_output_path", "load", "save"]
+
+log = logging.getLogger(__name__)
+
+_TWO_GB = 2**31 - 1
+
+
+def load(path: str | os.PathLike, *, infer_shapes: bool = True) -> ir.Model:
+    """Load ``path`` (external data included), validate it, and run shape inference.
+
+    Raises:
+        InputError: missing, empty, truncated or non-ONNX file; external data outside the
+            model's folder or missing.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, not an ONNX file")
+    if p.stat().st_size == 0:
+        raise InputError(f"{p}: empty file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:
+        raise InputError(f"{p}: not an ONNX model ({_short(e)})") from e
+    if not proto.graph.node and not proto.graph.output:
+        raise InputError(f"{p}: not an ONNX model (no graph)")
+    _check_external_data(p, proto)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as e:
+        raise InputError(f"{p}: invalid ONNX model ({_short(e)})") from e
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as e:
+        raise InputError(f"{p}: cannot read the model ({_short(e)})") from e
+    _bind_external_data(model, p.parent)
+    if infer_shapes:
+        model = _infer_shapes(model, p)
+    return model
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()
+    return (msg[0] if msg else type(e).__name__)[:300]
+
+
+def _external_tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL:
+                yield a.t
+
+
+def _check_external_data(path: Path, proto: onnx.ModelProto) -> None:
+    base = path.parent.resolve()
+    for t in _external_tensors(proto):
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if not loc or os.path.isabs(loc) or Path(loc).is_absolute():
+            raise InputError(f"{path}: external data of {t.name!r} has an absolute location {loc!r}")
+        target = (base / loc).resolve()
+        if base != target and base not in target.parents:
+            raise InputError(f"{path}: external data of {t.name!r} points outside the model folder ({loc!r})")
+        if not target.is_file():
+            raise InputError(f"{path}: external data file {loc!r} of {t.name!r} is missing")
+        offset = int(info.get("offset", 0) or 0)
+        length = info.get("length")
+        size = target.stat().st_size
+        nbytes = _nbytes(t)
+        need = offset + (int(length) if length else nbytes or 0)
+        if offset < 0 or need > size:
+            raise InputError(
+                f"{path}: external data of {t.name!r} is truncated ({loc!r} has {size} bytes, needs {need})"
+            )
+
+
+def _nbytes(t: onnx.TensorProto) -> int | None:
+    try:
+        n = 1
+        for d in t.dims:
+            n *= int(d)
+        return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except Exception:
+        return None
+
+
+def _bind_external_data(model: ir.Model, base: Path) -> None:
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if isinstance(t, ir.ExternalTensor):
+            v.const_value = ir.ExternalTensor(
+                t.location, t.offset, t.length, t.dtype, shape=t.shape, name=t.name, base_dir=str(base)
+            )
+
+
+def _infer_shapes(model: ir.Model, path: Path) -> ir.Model:
+    from onnx_ir.passes.common import ShapeInferencePass
+
+    try:
+        ShapeInferencePass(strict_mode=False)(model)
+    except Exception as e:  # the model loads: missing shapes only block channels later
+        log.warning("%s: shape inference failed (%s)", path, _short(e))
+    return model
+
+
+def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> Path:
+    """Refuse an output that is (or would overwrite) an input."""
+    o = Path(out).resolve()
+    for i in inputs:
+        ip = Path(i).resolve()
+        if o == ip or (o.exists() and ip.exists() and os.path.samefile(o, ip)):
+            raise InputError(f"{out}: output path is the input file; choose another output")
+    return o
+
+
+def save(model: ir.Model, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write ``model`` atomically: to a temporary file in the same folder, then rename.
+
+    Models over 2 GB are written with their weights in ``<name>.data`` beside the file; the
+    data file is moved into place first and the model file last.
+    """
+    out = check_output_path(path, inputs)
+    folder = out.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{out}: cannot create the output folder ({e.strerror})") from e
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{out}: output folder is not writable")
+    big = _model_bytes(model) > _TWO_GB - (64 << 20)
+    tmpdir = Path(tempfile.mkdtemp(prefix=".spa_nm-", dir=folder))
+    try:
+        tmp_model = tmpdir / out.name
+        if big:
+            data_name = out.name + ".data"
+            ir.save(model, tmp_model, external_data=data_name)
+            os.replace(tmpdir / data_name, folder / data_name)
+        else:
+            _materialize(model)
+            ir.save(model, tmp_model)
+        os.replace(tmp_model, out)
+    except OSError as e:
+        raise InputError(f"{out}: cannot write ({e.strerror or e})") from e
+    finally:
+        for f in tmpdir.glob("*"):
+            with contextlib.suppress(OSError):
+                f.unlink()
+        with contextlib.suppress(OSError):
+            tmpdir.rmdir()
+    return out
+
+
+def _materialize(model: ir.Model) -> None:
+    """Load external tensors into memory so the saved file is self-contained."""
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if isinstance(t, ir.ExternalTensor):
+            v.const_value = ir.tensor(t.numpy(), name=t.name)
+
+
+def _model_bytes(model: ir.Model) -> int:
+    total = 0
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if t is not None:
+            total += int(t.nbytes)
+    return total

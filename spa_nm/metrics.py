@@ -1,0 +1,44 @@
+"""Parameter and MAC counts, per op type (MACs come from each op's rule)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+import onnx_ir as ir
+from spa_nm.graph import ModelView
+from spa_nm.rules import RuleContext, macs_of
+
+__all__ = ["count"]
+
+
+def count(model: ir.Model, view: ModelView | None = None) -> dict:
+    """``{"params", "macs", "by_op": {op: {"params", "macs"}}}`` for the main graph."""
+    view = view or ModelView(model)
+    by_op: dict[str, dict[str, int]] = defaultdict(lambda: {"params": 0, "macs": 0})
+    owner: dict[str, str] = {}
+    for node in view.nodes:
+        for v in node.inputs:
+            if v is not None and v.name and v.name not in owner:
+                owner[v.name] = node.op_type
+    total_params = 0
+    for name, v in model.graph.initializers.items():
+        if v.const_value is None or not v.const_value.dtype.is_floating_point():
+            continue
+        n = int(np.prod(v.const_value.shape.numpy())) if len(v.const_value.shape) else 1
+        total_params += n
+        by_op[owner.get(name, "(unused)")]["params"] += n
+    total_macs = 0
+    for node in view.nodes:
+        if node.op_type == "Constant":
+            c = view.const(node.outputs[0].name)
+            if c is not None and c.dtype.kind == "f" and c.size > 1:
+                total_params += int(c.size)
+                by_op["Constant"]["params"] += int(c.size)
+            continue
+        m = macs_of(node, RuleContext(view, node, {}))
+        total_macs += m
+        if m:
+            by_op[node.op_type]["macs"] += m
+    return {"params": total_params, "macs": total_macs, "by_op": dict(by_op)}

@@ -1,0 +1,16 @@
+"""All op knowledge. Each family module registers its rules when imported here."""
+
+from spa_nm.rules import (  # noqa: F401  (registration side effects)
+    concat_split,
+    conv,
+    elementwise,
+    linear,
+    misc,
+    norm,
+    pool,
+    shape,
+)
+from spa_nm.rules._context import RuleContext
+from spa_nm.rules._registry import RuleEntry, lookup, macs_of, rule, supported_ops
+
+__all__ = ["RuleContext", "RuleEntry", "lookup", "macs_of", "rule", "supported_ops"]

@@ -1,0 +1,299 @@
+"""Building blocks that several rule families share.
+
+Nothing here branches on an op type: these are the algebra of axes (pass-through maps, reshape
+dim groups) and of the constants a zeroed channel carries (METHODS.md §1.4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from spa_nm.facts import Blocked, Link, OpFacts, Slot
+from spa_nm.rules._context import RuleContext
+
+__all__ = [
+    "block",
+    "copy_transfer",
+    "map_axes",
+    "passthrough",
+    "reshape_facts",
+    "unary_transfer",
+]
+
+
+def block(ctx: RuleContext, reason: str, values: tuple[str | None, ...] | None = None) -> Blocked:
+    """Block the node's channels: ``values`` (default: all its inputs and outputs)."""
+    node = ctx.node
+    if values is None:
+        values = tuple(v.name for v in node.inputs if v is not None) + tuple(
+            v.name for v in node.outputs
+        )
+    return Blocked(node.name or "", node.op_type, reason, tuple(v for v in values if v))
+
+
+def map_axes(
+    ctx: RuleContext,
+    x: str,
+    y: str,
+    axis_map: Mapping[int, int],
+    facts: OpFacts,
+    what: str = "this axis",
+) -> bool:
+    """Link every known slot of ``x`` to ``y`` (and back) through ``axis_map`` (x axis -> y axis).
+
+    Slots whose axes are not all mapped, or map to non-contiguous axes, block the node and
+    return False. Reordered composite axes become a permutation link.
+    """
+    inverse = {v: k for k, v in axis_map.items()}
+    seen: set[tuple[Slot, Slot]] = set()
+    for side, slots in (("in", ctx.slots(x)), ("out", ctx.slots(y))):
+        for s in slots:
+            amap = axis_map if side == "in" else inverse
+            if any(a not in amap for a in s.axes):
+                facts.blocked.append(
+                    block(ctx, f"{ctx.node.op_type} does not carry channel axis {s} ({what})")
+                )
+                return False
+            mapped = [amap[a] for a in s.axes]
+            srt = sorted(mapped)
+            if srt != list(range(srt[0], srt[0] + len(srt))):
+                facts.blocked.append(
+                    block(ctx, f"{ctx.node.op_type} scatters the axes of channel slot {s}")
+                )
+                return False
+            other = Slot(y if side == "in" else x, tuple(srt))
+            a, b = (s, other) if side == "in" else (other, s)
+            if (a, b) in seen:
+                continue
+            seen.add((a, b))
+            if len(s.axes) == 1 or mapped == srt:
+                facts.links.append(Link(a, b))
+            else:
+                # composite slot whose axes are reordered: a permutation of the flat index
+                src_shape = [ctx.shape(s.value)[ax] for ax in s.axes]
+                n = math.prod(src_shape)
+                order = [sorted(mapped).index(m) for m in mapped]  # src pos -> dst pos
+                dst_shape = [0] * len(order)
+                for i, p in enumerate(order):
+                    dst_shape[p] = src_shape[i]
+                grid = np.arange(n).reshape(src_shape)
+                dst_flat = np.transpose(grid, np.argsort(order)).reshape(-1)
+                # dst element k holds src element dst_flat[k]
+                src_idx, dst_idx = dst_flat, np.arange(n)
+                if side == "in":
+                    facts.links.append(Link(a, b, src_idx, dst_idx))
+                else:
+                    facts.links.append(Link(a, b, dst_idx, src_idx))
+    return True
+
+
+def passthrough(
+    ctx: RuleContext, x: str, y: str, axes: range | list[int] | None = None, facts: OpFacts | None = None
+) -> OpFacts:
+    """Identity on ``axes`` (default all) from x to y; channel slots elsewhere block."""
+    facts = facts if facts is not None else OpFacts()
+    r = ctx.rank(x)
+    if r is None or ctx.rank(y) != r:
+        if ctx.slots(x) or ctx.slots(y):
+            facts.blocked.append(block(ctx, "shapes are unknown"))
+        return facts
+    axes = range(r) if axes is None else axes
+    map_axes(ctx, x, y, {a: a for a in axes}, facts)
+    return facts
+
+
+# -- constants carried by zeroed channels (METHODS.md §1.4) -------------------------------
+
+
+def _link_pairs(links: list[Link], sizes: Callable[[Slot], int]) -> list[tuple[Link, np.ndarray, np.ndarray]]:
+    out = []
+    for ln in links:
+        a_idx = np.arange(sizes(ln.a)) if ln.a_idx is None else ln.a_idx
+        b_idx = np.arange(sizes(ln.b)) if ln.b_idx is None else ln.b_idx
+        out.append((ln, a_idx, b_idx))
+    return out
+
+
+def unary_transfer(
+    links: list[Link], sizes: Callable[[Slot], int], fn: Callable[[np.ndarray], np.ndarray]
+) -> Callable[[Mapping[Slot, np.ndarray]], dict[Slot, np.ndarray]]:
+    """Output constant = fn(input constant), carried along the node's links."""
+    pairs = _link_pairs([ln for ln in links if ln.a != ln.b], sizes)
+
+    def transfer(kappa: Mapping[Slot, np.ndarray]) -> dict[Slot, np.ndarray]:
+        out: dict[Slot, np.ndarray] = {}
+        for ln, a_idx, b_idx in pairs:
+            src = kappa.get(ln.a)
+            dst = out.setdefault(ln.b, np.full(sizes(ln.b), np.nan))
+            if src is not None:
+                with np.errstate(all="ignore"):
+                    dst[b_idx] = fn(src[a_idx])
+        return out
+
+    return transfer
+
+
+def copy_transfer(
+    links: list[Link], sizes: Callable[[Slot], int]
+) -> Callable[[Mapping[Slot, np.ndarray]], dict[Slot, np.ndarray]]:
+    """Structural ops move values without changing them."""
+    return unary_transfer(links, sizes, lambda v: v)
+
+
+# -- reshape algebra ------------------------------------------------------------------------
+
+
+def dim_groups(a: list[int], b: list[int]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair contiguous runs of ``a`` and ``b`` with equal products; None if impossible.
+
+    Size-1 dims pair with nothing unless both sides have one.
+    """
+    i = j = 0
+    groups: list[tuple[list[int], list[int]]] = []
+    while i < len(a) or j < len(b):
+        a1 = i < len(a) and a[i] == 1
+        b1 = j < len(b) and b[j] == 1
+        if a1 and not b1:
+            groups.append(([i], []))
+            i += 1
+            continue
+        if b1 and not a1:
+            groups.append(([], [j]))
+            j += 1
+            continue
+        if i >= len(a) or j >= len(b):
+            return None
+        ia, jb, pa, pb = [i], [j], a[i], b[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb:
+                if i >= len(a):
+                    return None
+                ia.append(i)
+                pa *= a[i]
+                i += 1
+            else:
+                if j >= len(b):
+                    return None
+                jb.append(j)
+                pb *= b[j]
+                j += 1
+        groups.append((ia, jb))
+    return groups
+
+
+def reshape_facts(ctx: RuleContext, x: str, y: str, facts: OpFacts) -> bool:
+    """Link channel slots through a reshape of ``x`` into ``y`` (METHODS.md §1.3).
+
+    - a run of dims kept as is: identity;
+    - one channel slot merged with non-channel dims (Flatten into Gemm): every merged element
+      is tied to its channel digit;
+    - a composite slot merged back into one axis: identity on the flat index;
+    - one channel axis split into several (channel shuffle, heads): a composite slot on the
+      output whose elements are tied across every leading factor, so the last factor shrinks
+      and the tensor stays rectangular.
+    Anything else blocks.
+    """
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    in_slots, out_slots = ctx.slots(x), ctx.slots(y)
+    if not in_slots and not out_slots:
+        return True
+    if xs is None or ys is None or not all(isinstance(d, int) for d in (*xs, *ys)):
+        # symbolic dims (a dynamic batch) are fine where they map one to one
+        xs2, ys2 = _strip_common_symbolic(xs, ys)
+        if xs2 is None:
+            facts.blocked.append(block(ctx, "reshape of a channel axis with unknown dims"))
+            return False
+        xs_, ys_, off_x, off_y = xs2
+    else:
+        xs_, ys_, off_x, off_y = list(xs), list(ys), 0, 0
+    groups = dim_groups(xs_, ys_)
+    if groups is None:
+        facts.blocked.append(block(ctx, "cannot match reshape dims"))
+        return False
+    for gi, go in groups:
+        gi = [k + off_x for k in gi]
+        go = [k + off_y for k in go]
+        cin = [s for s in in_slots if set(s.axes) & set(gi)]
+        cout = [s for s in out_slots if set(s.axes) & set(go)]
+        if not cin and not cout:
+            continue
+        if not gi or not go:
+            facts.blocked.append(block(ctx, "channel slot on a size-1 dim"))
+            return False
+        if not _group_links(ctx, x, y, gi, go, cin, cout, facts):
+            return False
+    return True
+
+
+def _strip_common_symbolic(xs: Any, ys: Any) -> Any:
+    """Drop equal leading symbolic dims (dynamic batch); None when other dims are unknown."""
+    if xs is None or ys is None:
+        return None, None
+    k = 0
+    while k < min(len(xs), len(ys)) and not isinstance(xs[k], int) and xs[k] == ys[k] and xs[k] is not None:
+        k += 1
+    rest_x, rest_y = list(xs[k:]), list(ys[k:])
+    if not all(isinstance(d, int) for d in rest_x + rest_y):
+        return None, None
+    return (rest_x, rest_y, k, k), None
+
+
+def _group_links(
+    ctx: RuleContext,
+    x: str,
+    y: str,
+    gi: list[int],
+    go: list[int],
+    cin: list[Slot],
+    cout: list[Slot],
+    facts: OpFacts,
+) -> bool:
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    in_dims = [xs[k] for k in gi]
+    out_dims = [ys[k] for k in go]
+    n = math.prod(in_dims)
+    if len(cin) > 1 or len(cout) > 1:
+        facts.blocked.append(block(ctx, "reshape merges two channel axes"))
+        return False
+    s_in = cin[0] if cin else None
+    s_out = cout[0] if cout else None
+    full_in = Slot(x, tuple(gi))
+    full_out = Slot(y, tuple(go))
+    # the output side: the whole group (one axis or a composite over the group's axes)
+    if s_out is not None and s_out != full_out:
+        facts.blocked.append(block(ctx, f"channel slot {s_out} covers part of a reshaped run"))
+        return False
+    if s_in is None:
+        # only the output side knows a channel: it must map to one input axis run as a whole
+        s_in = full_in if len(gi) == 1 else None
+        if s_in is None:
+            facts.blocked.append(block(ctx, f"reshape output channel {s_out} mixes input dims"))
+            return False
+    if s_in == full_in:
+        facts.links.append(Link(s_in, full_out))
+        if len(go) > 1 and len(gi) == 1:
+            # split of one channel axis: tie elements across all leading factors
+            last = out_dims[-1]
+            grid = np.arange(n).reshape(-1, last)
+            facts.links.append(
+                Link(full_out, full_out, np.repeat(grid[0], grid.shape[0] - 1), grid[1:].T.reshape(-1))
+            )
+        return True
+    # a channel slot merged with non-channel dims: each merged element -> its channel digit
+    if len(go) != 1:
+        facts.blocked.append(block(ctx, "reshape splits a merged channel run"))
+        return False
+    pos = [gi.index(a) for a in s_in.axes]
+    if pos != list(range(pos[0], pos[0] + len(pos))):
+        facts.blocked.append(block(ctx, "channel axes are not contiguous in the reshape"))
+        return False
+    digits = np.indices(in_dims).reshape(len(in_dims), -1)
+    sub = [in_dims[p] for p in pos]
+    ch = np.ravel_multi_index(tuple(digits[p] for p in pos), sub)
+    facts.links.append(Link(s_in, full_out, ch, np.arange(n)))
+    return True

@@ -1,0 +1,56 @@
+"""Ops that carry no channels themselves but must not block: constants and shape reads."""
+
+from __future__ import annotations
+
+from spa_nm.facts import OpFacts
+from spa_nm.rules._context import RuleContext
+from spa_nm.rules._helpers import block, map_axes
+from spa_nm.rules._registry import rule
+
+__all__: list[str] = []
+
+
+@rule("Constant")
+def constant(node, ctx: RuleContext) -> OpFacts:
+    """A constant is data: its slices are declared by the ops that read it."""
+    return OpFacts()
+
+
+@rule("Shape", "Size")
+def shape_of(node, ctx: RuleContext) -> OpFacts:
+    """Reading the size of a channel axis would see the pruned size: block those channels."""
+    x = ctx.input(0)
+    r = ctx.rank(x)
+    slots = ctx.slots(x)
+    if not slots:
+        return OpFacts()
+    if node.op_type == "Size" or r is None:
+        return block(ctx, f"{node.op_type} reads the channel count at run time", (x,))
+    start = int(ctx.attr("start", 0))
+    end = ctx.attr("end")
+    start = start + r if start < 0 else start
+    end = r if end is None else (int(end) + r if int(end) < 0 else int(end))
+    for s in slots:
+        if any(start <= a < end for a in s.axes):
+            return block(ctx, "Shape reads the channel count at run time", (x,))
+    return OpFacts()
+
+
+@rule("Gather")
+def gather(node, ctx: RuleContext) -> OpFacts:
+    """Gather along a non-channel axis: the other axes pass through (shifted by the indices'
+    rank); gathering along a channel axis blocks."""
+    data, idx, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    r, ri = ctx.rank(data), ctx.rank(idx)
+    if r is None or ri is None:
+        if ctx.slots(data) or ctx.slots(y):
+            return block(ctx, "shapes are unknown")
+        return OpFacts()
+    axis = ctx.axis(data, int(ctx.attr("axis", 0)))
+    amap = {a: (a if a < axis else a + ri - 1) for a in range(r) if a != axis}
+    facts = OpFacts()
+    map_axes(ctx, data, y, amap, facts, what="Gather indexes it")
+    from spa_nm.rules._helpers import copy_transfer
+
+    facts.transfer = copy_transfer(facts.links, lambda s: ctx.slot_size(s))
+    return facts

@@ -1,0 +1,89 @@
+"""Normalizations. Per-channel ones (BatchNorm, InstanceNorm) pass channels through with their
+scale, shift and statistics as member slices; norms whose statistics mix the channel axis
+(LayerNorm over it, GroupNorm) block it: removing a channel would change every other channel's
+output (METHODS.md §1.3)."""
+
+from __future__ import annotations
+
+from spa_nm.facts import OpFacts, Param, Role, Slot
+from spa_nm.rules._context import RuleContext
+from spa_nm.rules._helpers import block, map_axes
+from spa_nm.rules._registry import rule
+
+__all__: list[str] = []
+
+
+def _per_channel(ctx: RuleContext, roles: list[tuple[int, Role]]) -> OpFacts:
+    x, y = ctx.input(0), ctx.output(0)
+    r = ctx.rank(x)
+    if r is None:
+        return block(ctx, "input rank is unknown")
+    facts = OpFacts()
+    for i, _ in roles:
+        if ctx.input(i) is not None and not ctx.is_param(ctx.input(i)):
+            return block(ctx, f"{ctx.node.op_type} input {i} is not a constant initializer")
+    sy = Slot(y, (1,))
+    if not map_axes(ctx, x, y, {a: a for a in range(r)}, facts):
+        return facts
+    if not any(s == Slot(x, (1,)) for s in ctx.slots(x)) and sy not in ctx.slots(y):
+        # channel axis not (yet) known to be a channel: still declare it, norms are per-channel
+        facts.links.append(_link(Slot(x, (1,)), sy))
+    for s in ctx.slots(x) + ctx.slots(y):
+        if 1 in s.axes and len(s.axes) != 1:
+            return block(ctx, f"composite channel slot {s} through a norm")
+    for i, role in roles:
+        if ctx.input(i) is not None:
+            facts.params.append(Param(ctx.input(i), 0, sy, role))
+    facts.resets.append(sy)
+    return facts
+
+
+def _link(a: Slot, b: Slot):
+    from spa_nm.facts import Link
+
+    return Link(a, b)
+
+
+@rule("BatchNormalization")
+def batch_norm(node, ctx: RuleContext) -> OpFacts:
+    """Inference-mode BN: γ, β, running mean and variance are slices of the channel."""
+    if int(ctx.attr("training_mode", 0)) or any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+        return block(ctx, "BatchNormalization in training mode")
+    return _per_channel(
+        ctx, [(1, Role.NORM_SCALE), (2, Role.NORM_SHIFT), (3, Role.NORM_STAT), (4, Role.NORM_STAT)]
+    )
+
+
+@rule("InstanceNormalization")
+def instance_norm(node, ctx: RuleContext) -> OpFacts:
+    """Statistics per (sample, channel): channels are independent."""
+    return _per_channel(ctx, [(1, Role.NORM_SCALE), (2, Role.NORM_SHIFT)])
+
+
+@rule("GroupNormalization")
+def group_norm(node, ctx: RuleContext) -> OpFacts:
+    return block(
+        ctx,
+        "GroupNormalization normalizes over groups of channels: removing one changes the "
+        "statistics of the others",
+    )
+
+
+@rule("LayerNormalization")
+def layer_norm(node, ctx: RuleContext) -> OpFacts:
+    """Axes before ``axis`` pass through; the normalized axes block channel removal."""
+    x, y = ctx.input(0), ctx.output(0)
+    r = ctx.rank(x)
+    if r is None:
+        return block(ctx, "input rank is unknown")
+    axis = ctx.axis(x, int(ctx.attr("axis", -1)))
+    facts = OpFacts()
+    for s in ctx.slots(x) + ctx.slots(y):
+        if any(a >= axis for a in s.axes):
+            return block(
+                ctx,
+                f"LayerNormalization normalizes over channel slot {s}: removing channels changes "
+                "the statistics (approximate pruning is opt-in, see the transformers issue)",
+            )
+    map_axes(ctx, x, y, {a: a for a in range(axis)}, facts)
+    return facts

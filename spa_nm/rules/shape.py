@@ -1,0 +1,84 @@
+"""Shape ops: Reshape, Flatten, Squeeze, Unsqueeze, Transpose (METHODS.md §1.3).
+
+Reshape-like ops are described by the dim-group algebra of `_helpers.reshape_facts`; only
+Reshape carries a shape constant to rewrite. Transpose moves each channel slot per ``perm``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import onnx_ir as ir
+from spa_nm.facts import FixInfo, Fixup, OpFacts
+from spa_nm.rules._context import RuleContext
+from spa_nm.rules._helpers import block, copy_transfer, map_axes, reshape_facts
+from spa_nm.rules._registry import rule
+
+__all__: list[str] = []
+
+
+def _with_copy(ctx: RuleContext, facts: OpFacts) -> OpFacts:
+    facts.transfer = copy_transfer(facts.links, lambda s: ctx.slot_size(s))
+    return facts
+
+
+def _reshape_fixup(node_name: str, x: str, y: str, allowzero: bool) -> Fixup:
+    def apply(node: ir.Node, info: FixInfo) -> None:
+        old = info.old_shape(y)
+        new = info.new_shape(y)
+        if tuple(old) == tuple(new):
+            return
+        target = [int(v) for v in np.asarray(info.const(node.inputs[1])).reshape(-1)]
+        nx = info.new_shape(x)
+        out = []
+        for k, t in enumerate(target):
+            if t == -1:
+                out.append(-1)
+            elif t == 0 and not allowzero:
+                out.append(0 if nx[k] == new[k] else int(new[k]))
+            else:
+                out.append(int(new[k]) if old[k] != new[k] else t)
+        info.new_const(node, 1, np.asarray(out, dtype=np.int64))
+
+    return Fixup(node_name, "rewrite the Reshape target shape", apply)
+
+
+@rule("Reshape", opsets=(5, None))
+def reshape(node, ctx: RuleContext) -> OpFacts:
+    x, shape, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    facts = OpFacts()
+    if not (ctx.slots(x) or ctx.slots(y)):
+        return facts
+    if ctx.const(shape) is None:
+        return block(ctx, "Reshape target shape is computed at run time")
+    if not reshape_facts(ctx, x, y, facts):
+        return facts
+    facts.fixups.append(_reshape_fixup(node.name, x, y, bool(ctx.attr("allowzero", 0))))
+    return _with_copy(ctx, facts)
+
+
+@rule("Flatten", "Squeeze", "Unsqueeze")
+def flatten_like(node, ctx: RuleContext) -> OpFacts:
+    """Reshapes whose attributes name axes, not sizes: nothing to rewrite."""
+    x, y = ctx.input(0), ctx.output(0)
+    facts = OpFacts()
+    if not (ctx.slots(x) or ctx.slots(y)):
+        return facts
+    if node.op_type == "Squeeze":
+        axes = ctx.attr("axes") if ctx.opset < 13 else ctx.const_ints(ctx.input(1))
+        if axes is None and (ctx.opset < 13 or ctx.input(1) is None):
+            return block(ctx, "Squeeze without axes would drop a channel axis pruned to 1")
+    reshape_facts(ctx, x, y, facts)
+    return _with_copy(ctx, facts)
+
+
+@rule("Transpose")
+def transpose(node, ctx: RuleContext) -> OpFacts:
+    x, y = ctx.input(0), ctx.output(0)
+    r = ctx.rank(x)
+    if r is None:
+        return block(ctx, "input rank is unknown")
+    perm = ctx.attr("perm") or list(range(r))[::-1]
+    facts = OpFacts()
+    map_axes(ctx, x, y, {src: dst for dst, src in enumerate(perm)}, facts)
+    return _with_copy(ctx, facts)

@@ -1,0 +1,120 @@
+"""Public oracles for tests (METHODS.md §6): zero the group, ratio 0 is the identity.
+
+Needs onnxruntime (the ``cpu`` or ``gpu`` extra). Comparisons run with every ORT graph
+optimization off, so ORT's own fusions cannot hide a wrong graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import onnx_ir as ir
+from spa_nm.api import PruneResult, copy_model
+from spa_nm.facts import Role
+
+__all__ = ["assert_prune_equivalent", "random_feeds", "run", "zeroed_copy"]
+
+_KEEP_ROLES = (Role.WEIGHT_IN, Role.NORM_STAT, Role.DIVISOR)
+
+_NP = {
+    ir.DataType.FLOAT: np.float32,
+    ir.DataType.DOUBLE: np.float64,
+    ir.DataType.FLOAT16: np.float16,
+    ir.DataType.INT64: np.int64,
+    ir.DataType.INT32: np.int32,
+    ir.DataType.BOOL: np.bool_,
+}
+
+
+def random_feeds(model: ir.Model, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
+    """Random inputs; symbolic dims become ``batch``."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for v in model.graph.inputs:
+        if v.name in model.graph.initializers:
+            continue
+        shape = [d if isinstance(d, int) else batch for d in (v.shape or [])]
+        dt = _NP.get(v.dtype, np.float32)
+        if np.issubdtype(dt, np.floating):
+            feeds[v.name] = rng.standard_normal(shape).astype(dt)
+        elif dt is np.bool_:
+            feeds[v.name] = rng.random(shape) > 0.5
+        else:
+            feeds[v.name] = rng.integers(0, 8, size=shape).astype(dt)
+    return feeds
+
+
+def run(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    proto = ir.serde.serialize_model(model)
+    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def zeroed_copy(original: ir.Model, result: PruneResult) -> ir.Model:
+    """The original with every member slice of the removed units zeroed (producer rows,
+    biases, norm scale and shift, per-channel constants); consumer columns, running
+    statistics and divisors keep their values."""
+    dg, plan = result.graph, result.plan
+    model = copy_model(original)
+    if plan is None or not plan.removed:
+        return model
+    dead_label = np.zeros(dg.labels.size, dtype=bool)
+    for units in plan.removed.values():
+        dead_label[units] = True
+    dead = dead_label[dg.labels]
+    arrays: dict[str, np.ndarray] = {}
+    consts = {n: v for n, v in model.graph.initializers.items()}
+    producers = {}
+    for node in model.graph:
+        if node.op_type == "Constant":
+            producers[node.outputs[0].name] = node
+    for gid in plan.removed:
+        for p in dg.groups[gid].params:
+            if p.role in _KEEP_ROLES:
+                continue
+            ps = p.param_slot
+            o = dg.offsets[ps]
+            idx = np.nonzero(dead[o : o + dg.sizes[ps]])[0]
+            if not idx.size:
+                continue
+            if p.name not in arrays:
+                arrays[p.name] = np.array(_const(consts, producers, p.name))
+            sl = [slice(None)] * arrays[p.name].ndim
+            sl[p.axis] = idx
+            arrays[p.name][tuple(sl)] = 0
+    for name, arr in arrays.items():
+        if name in consts:
+            consts[name].const_value = ir.tensor(arr, name=name)
+        else:
+            producers[name].attributes["value"] = ir.AttrTensor("value", ir.tensor(arr))
+    return model
+
+
+def _const(consts, producers, name):
+    if name in consts:
+        return consts[name].const_value.numpy()
+    return producers[name].attributes["value"].value.numpy()
+
+
+def assert_prune_equivalent(
+    original: ir.Model, result: PruneResult, atol: float = 1e-5, seed: int = 0
+) -> dict[str, Any]:
+    """Zero-group oracle: the pruned model equals the zeroed original on random feeds."""
+    feeds = random_feeds(original, seed)
+    ref = run(zeroed_copy(original, result), feeds)
+    got = run(result.model, feeds)
+    assert len(ref) == len(got)
+    worst = 0.0
+    for r, g in zip(ref, got, strict=True):
+        assert r.shape == g.shape, f"output shape {g.shape} != {r.shape}"
+        diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) if r.size else 0.0
+        worst = max(worst, diff)
+    assert worst <= atol, f"pruned model differs from the zeroed original by {worst:g} (atol {atol:g})"
+    return {"max_abs_diff": worst}
