@@ -43,7 +43,10 @@ def load(path: str | os.PathLike, *, infer_shapes: bool = True) -> ir.Model:
         raise InputError(f"{p}: not an ONNX model (no graph)")
     _check_external_data(p, proto)
     try:
-        onnx.checker.check_model(proto)
+        if any(True for _ in _external_tensors(proto)):
+            onnx.checker.check_model(str(p))  # resolves external data beside the file
+        else:
+            onnx.checker.check_model(proto)
     except Exception as e:
         raise InputError(f"{p}: invalid ONNX model ({_short(e)})") from e
     try:
