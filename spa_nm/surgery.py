@@ -216,9 +216,13 @@ def _new_shapes(dg: DependencyGraph, kept: dict[Slot, np.ndarray]) -> dict[str, 
 
 def check_model(model: ir.Model, what: str = "pruned model") -> None:
     """Full ONNX checker (with strict shape inference) on ``model``; SurgeryError on failure."""
+    total = sum(int(v.const_value.nbytes) for v in model.graph.initializers.values() if v.const_value is not None)
+    if total > 2**31 - 1 - (64 << 20):
+        return  # the in-memory checker cannot take >2 GB
+    for v in model.graph.initializers.values():
+        if isinstance(v.const_value, ir.ExternalTensor):
+            v.const_value = ir.tensor(v.const_value.numpy(), name=v.name)
     proto = ir.serde.serialize_model(model)
-    if proto.ByteSize() > 2**31 - 1 - (64 << 20):
-        return  # the in-memory checker cannot take >2 GB; io.save checks the written file
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
