@@ -12,6 +12,7 @@ import onnx_ir as ir
 from spa_nm import io
 from spa_nm.graph import DependencyGraph, analyze as _analyze
 from spa_nm.metrics import count
+from spa_nm.passes import fold_shape_arithmetic, remove_dead_nodes
 from spa_nm.plan import PruneConfig, PrunePlan, make_plan
 from spa_nm.surgery import apply_plan, check_model
 
@@ -81,10 +82,16 @@ def prune(
     cfg = PruneConfig(ratio, criterion, global_ranking, int(round_to), tuple(ignore), aggregation, seed)
     t0 = time.perf_counter()
     work = copy_model(model)
+    before = count(work)
+    if cfg.ratio > 0 and fold_shape_arithmetic(work):
+        io.infer_shapes(work)
     dg = _analyze(work, ignore=cfg.ignore)
-    before = count(work, dg.view)
     plan = make_plan(dg, cfg)
+    if not plan.removed:
+        work = copy_model(model)  # nothing to remove: the input, unchanged
     apply_plan(dg, plan)
+    if plan.removed:
+        remove_dead_nodes(work)
     if check and plan.removed:
         check_model(work)
     after = count(work) if plan.removed else before

@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 from spa_nm.errors import InputError
 
-__all__ = ["check_output_path", "load", "save"]
+__all__ = ["check_output_path", "infer_shapes", "load", "save"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ def load(path: str | os.PathLike, *, infer_shapes: bool = True) -> ir.Model:
     if infer_shapes:
         model = _infer_shapes(model, p)
     return model
+
+
+def infer_shapes(model: ir.Model) -> ir.Model:
+    """Run ONNX shape inference on ``model`` in place (failures only leave shapes unknown)."""
+    return _infer_shapes(model, Path("<model>"))
 
 
 def _short(e: Exception) -> str:
