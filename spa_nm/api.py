@@ -25,6 +25,8 @@ class PruneResult:
     report: dict[str, Any]
     plan: PrunePlan | None = None
     graph: DependencyGraph | None = field(default=None, repr=False)
+    # the model the plan was made on (after pre-passes, before surgery); shares tensors
+    source: ir.Model | None = field(default=None, repr=False)
 
     def __iter__(self):  # allows ``model, report = spa_nm.prune(...)``
         return iter((self.model, self.report))
@@ -85,6 +87,7 @@ def prune(
     before = count(work)
     if cfg.ratio > 0 and fold_shape_arithmetic(work):
         io.infer_shapes(work)
+    source = copy_model(work)
     dg = _analyze(work, ignore=cfg.ignore)
     plan = make_plan(dg, cfg)
     if not plan.removed:
@@ -109,7 +112,7 @@ def prune(
         "notes": plan.notes,
         "seconds": round(seconds, 4),
     }
-    return PruneResult(work, report, plan, dg)
+    return PruneResult(work, report, plan, dg, source)
 
 
 def _blocked_list(dg: DependencyGraph) -> list[dict[str, str]]:

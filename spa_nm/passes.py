@@ -54,6 +54,13 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
         if any(o.is_graph_output() for o in node.outputs) or len(node.outputs) != 1:
             continue
         out = node.outputs[0]
+        src = node.inputs[0] if node.inputs else None
+        if node.op_type == "Identity" and src is not None and src.const_value is not None and not src.is_graph_input():
+            # exporters deduplicate equal weights through Identity: give each its own
+            # initializer (same tensor object, no copy) so they prune independently
+            _replace_with_initializer(g, out, src.const_value)
+            folded += 1
+            continue
         if node.op_type == "Shape":
             arr = _static_shape(node)
         elif node.op_type == "Size":
@@ -116,11 +123,12 @@ def _evaluate(node: ir.Node, inputs: list[np.ndarray | None], opset: int) -> np.
         return None
 
 
-def _replace_with_initializer(g: ir.Graph, out: ir.Value, arr: np.ndarray) -> None:
+def _replace_with_initializer(g: ir.Graph, out: ir.Value, arr) -> None:
     name = out.name
     out.name = f"{name}__computed"
-    nv = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
-    nv.const_value = ir.tensor(arr, name=name)
+    tensor = arr if not isinstance(arr, np.ndarray) else ir.tensor(arr, name=name)
+    nv = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype))
+    nv.const_value = tensor
     g.register_initializer(nv)
     out.replace_all_uses_with(nv)
 

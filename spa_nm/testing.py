@@ -62,7 +62,8 @@ def zeroed_copy(original: ir.Model, result: PruneResult) -> ir.Model:
     biases, norm scale and shift, per-channel constants); consumer columns, running
     statistics and divisors keep their values."""
     dg, plan = result.graph, result.plan
-    model = copy_model(original)
+    # the plan names values of the model it was made on (shape arithmetic folded)
+    model = copy_model(result.source if result.source is not None else original)
     if plan is None or not plan.removed:
         return model
     dead_label = np.zeros(dg.labels.size, dtype=bool)
