@@ -5,7 +5,7 @@ valid model, so a failing case shrinks by deleting steps (`shrink`). Steps pick 
 by index modulo the pool of live NCHW tensors, which keeps every sub-list buildable.
 
 Properties (`check`): the pruned model passes the full checker and runs on onnxruntime with the
-same input/output signature; it equals the zeroed original (atol 1e-5); ratio 0 is identical;
+same input/output signature; it equals the zeroed original (atol 1e-5 + 1e-6·max|y|); ratio 0 is identical;
 parameters never increase; every surviving weight is a slice of the original (biases that
 absorbed a folded constant excepted); a graph with an op that has no rule is pruned around it
 or declined, never invalid. Needs onnxruntime.
@@ -284,7 +284,8 @@ def check(recipe: dict[str, Any], tmp_dir, ratio: float | None = None) -> dict[s
     assert [(v.name, v.dtype) for v in pm.graph.inputs] == [(v.name, v.dtype) for v in model.graph.inputs]
     assert [(v.name, v.dtype) for v in pm.graph.outputs] == [(v.name, v.dtype) for v in model.graph.outputs]
     assert res.report["params_after"] <= res.report["params_before"], "parameters increased"
-    assert_prune_equivalent(model, res, atol=1e-5)
+    # float32 summation order moves the last digits of outputs that reach tens: 1e-6 relative
+    assert_prune_equivalent(model, res, atol=1e-5, rtol=1e-6)
     _assert_slices(res)
     if any(op in NO_RULE for op in built.ops):
         reasons = " ".join(b["reason"] for b in res.report["blocked"])

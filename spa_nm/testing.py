@@ -105,9 +105,14 @@ def _const(consts, producers, name):
 
 
 def assert_prune_equivalent(
-    original: ir.Model, result: PruneResult, atol: float = 1e-5, seed: int = 0
+    original: ir.Model, result: PruneResult, atol: float = 1e-5, seed: int = 0, rtol: float = 0.0
 ) -> dict[str, Any]:
-    """Zero-group oracle: the pruned model equals the zeroed original on random feeds."""
+    """Zero-group oracle: the pruned model equals the zeroed original on random feeds.
+
+    The bound is ``atol + rtol * max|reference|`` per output; ``rtol`` (default 0) is for
+    unnormalized random graphs whose outputs reach tens, where float32 summation order alone
+    moves the last digits.
+    """
     feeds = random_feeds(original, seed)
     ref = run(zeroed_copy(original, result), feeds)
     got = run(result.model, feeds)
@@ -115,7 +120,10 @@ def assert_prune_equivalent(
     worst = 0.0
     for r, g in zip(ref, got, strict=True):
         assert r.shape == g.shape, f"output shape {g.shape} != {r.shape}"
-        diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) if r.size else 0.0
+        if not r.size:
+            continue
+        diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64))))
+        bound = atol + rtol * float(np.max(np.abs(r)))
+        assert diff <= bound, f"pruned model differs from the zeroed original by {diff:g} (bound {bound:g})"
         worst = max(worst, diff)
-    assert worst <= atol, f"pruned model differs from the zeroed original by {worst:g} (atol {atol:g})"
     return {"max_abs_diff": worst}
