@@ -179,6 +179,12 @@ def main() -> int:
         "Latency: ORT CPU, 1 thread, batch 1, before/after interleaved, median of "
         f"{args.iters} runs (ResNet-50-size: {max(20, args.iters // 10)}). Peak memory: tracemalloc during one prune.",
         "",
+        "Reading it: the zoo models run in 0.01-0.4 ms, where onnxruntime's per-node overhead, not "
+        "arithmetic, sets the time, so their speed-up stays well below the MACs ratio. The "
+        "latency-follows-MACs goal (speed-up >= 0.8 x MACs ratio on dense convnets) is judged on the "
+        "ResNet-50-size graph, whose convolutions dominate its run time; the prune-time goal "
+        "(< 1 s for a ResNet-50-size graph) on the same row.",
+        "",
         "| model | prune s | peak MB | params before → after | MACs before → after | groups pruned/total | latency ms before → after | speed-up | MACs ratio | speed-up / MACs ratio |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
