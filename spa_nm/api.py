@@ -71,9 +71,9 @@ def prune(
     cfg = PruneConfig(ratio, criterion, global_ranking, int(round_to), tuple(ignore), aggregation, seed)
     t0 = time.perf_counter()
     work = copy_model(model)
-    before = count(work)
-    if cfg.ratio > 0 and fold_shape_arithmetic(work):
+    if fold_shape_arithmetic(work):  # exact: only static shape arithmetic becomes constant
         io.infer_shapes(work)
+    before = count(work)
     source = copy_model(work)
     dg = _analyze(work, ignore=cfg.ignore)
     plan = make_plan(dg, cfg)

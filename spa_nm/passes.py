@@ -25,7 +25,8 @@ _FOLDABLE = {
     "Shape", "Size", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Add", "Sub", "Mul",
     "Div", "Cast", "Reshape", "Identity", "ConstantOfShape", "Range", "Equal", "Where", "Neg",
     "Floor", "Ceil", "Sqrt", "Max", "Min", "ReduceProd", "Expand", "Abs", "Mod", "Constant",
-    "Less", "Greater", "Not", "And", "Or", "Sign", "Tile",
+    "Less", "Greater", "Not", "And", "Or", "Sign", "Tile", "Transpose", "Flatten", "GatherElements",
+    "ReduceSum", "ReduceMax", "ReduceMin", "NonZero", "Pow", "Clip",
 }  # fmt: skip
 _MAX_ELEMENTS = 4096
 
