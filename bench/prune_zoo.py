@@ -166,11 +166,15 @@ def main() -> int:
                 print(rows[-1], flush=True)
         if not args.skip_resnet50:
             src = resnet50_like(tmp / "resnet50_like.onnx")
-            rows.append(bench_one("resnet50-size (legacy)", src, tmp, args.ratio, max(20, args.iters // 10)))
+            rows.append(
+                bench_one("resnet50-size (legacy)", src, tmp, args.ratio, max(20, args.iters // 10))
+            )
             print(rows[-1], flush=True)
     info = machine()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prune_zoo.json").write_text(json.dumps({"machine": info, "ratio": args.ratio, "rows": rows}, indent=2) + "\n")
+    (args.out / "prune_zoo.json").write_text(
+        json.dumps({"machine": info, "ratio": args.ratio, "rows": rows}, indent=2) + "\n"
+    )
     lines = [
         f"# Prune benchmark: zoo at ratio {args.ratio}",
         "",

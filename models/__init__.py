@@ -65,7 +65,11 @@ def _load() -> None:
 
 def list_models(pattern: str = "*", tag: str | None = None) -> list[str]:
     _load()
-    return sorted(n for n, s in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (tag is None or tag in s.tags))
+    return sorted(
+        n
+        for n, s in _REGISTRY.items()
+        if fnmatch.fnmatch(n, pattern) and (tag is None or tag in s.tags)
+    )
 
 
 def get_model(name: str) -> ModelSpec:

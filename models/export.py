@@ -15,7 +15,9 @@ __all__ = ["cached_export", "export_onnx"]
 LEGACY_OPSET = 13
 
 
-def export_onnx(name: str, path: str | os.PathLike, exporter: str = "legacy", opset: int | None = None) -> Path:
+def export_onnx(
+    name: str, path: str | os.PathLike, exporter: str = "legacy", opset: int | None = None
+) -> Path:
     """Export zoo model ``name`` to ``path``; inputs ``input`` (``input0``.. for several),
     output ``output``. The dynamo exporter may write weights to ``<path>.data`` beside it."""
     import torch

@@ -23,8 +23,12 @@ def bn(c: int) -> nn.BatchNorm2d:
     return b
 
 
-def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act=nn.ReLU) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), bn(cout), act())
+def cbr(
+    cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act=nn.ReLU
+) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), bn(cout), act()
+    )
 
 
 @register_model("plain_cnn", IMG, tags={"flatten", "gemm", "dropout", "prelu"})
@@ -47,8 +51,15 @@ def vgg_bn():
 class Basic(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
-        self.a, self.b = cbr(cin, cout, 3, stride), nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), bn(cout))
-        self.short = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout))
+        self.a, self.b = (
+            cbr(cin, cout, 3, stride),
+            nn.Sequential(nn.Conv2d(cout, cout, 3, 1, 1, bias=False), bn(cout)),
+        )
+        self.short = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout))
+        )
 
     def forward(self, x):
         return F.relu(self.b(self.a(x)) + self.short(x))
@@ -61,7 +72,11 @@ class Bottleneck(nn.Module):
             cbr(cin, mid, 1), cbr(mid, mid, 3, stride, groups=groups),
             nn.Conv2d(mid, cout, 1, bias=False), bn(cout),
         )  # fmt: skip
-        self.short = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout))
+        self.short = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), bn(cout))
+        )
 
     def forward(self, x):
         return F.relu(self.body(x) + self.short(x))
@@ -78,17 +93,35 @@ class Classifier(nn.Module):
 
 @register_model("resnet_basic", IMG, tags={"residual", "bn"})
 def resnet_basic():
-    return Classifier(nn.Sequential(cbr(3, 16), Basic(16, 16, 1), Basic(16, 32, 2), Basic(32, 32, 1), Basic(32, 64, 2)), 64)
+    return Classifier(
+        nn.Sequential(
+            cbr(3, 16), Basic(16, 16, 1), Basic(16, 32, 2), Basic(32, 32, 1), Basic(32, 64, 2)
+        ),
+        64,
+    )
 
 
 @register_model("resnet_bottleneck", IMG, tags={"residual", "bn", "bottleneck"})
 def resnet_bottleneck():
-    return Classifier(nn.Sequential(cbr(3, 16), Bottleneck(16, 8, 32, 1), Bottleneck(32, 8, 32, 1), Bottleneck(32, 16, 64, 2)), 64)
+    return Classifier(
+        nn.Sequential(
+            cbr(3, 16),
+            Bottleneck(16, 8, 32, 1),
+            Bottleneck(32, 8, 32, 1),
+            Bottleneck(32, 16, 64, 2),
+        ),
+        64,
+    )
 
 
 @register_model("resnext", IMG, tags={"residual", "grouped", "bn"})
 def resnext():
-    return Classifier(nn.Sequential(cbr(3, 16), Bottleneck(16, 32, 32, 1, groups=8), Bottleneck(32, 32, 64, 2, groups=4)), 64)
+    return Classifier(
+        nn.Sequential(
+            cbr(3, 16), Bottleneck(16, 32, 32, 1, groups=8), Bottleneck(32, 32, 64, 2, groups=4)
+        ),
+        64,
+    )
 
 
 class InvertedResidual(nn.Module):
@@ -96,7 +129,13 @@ class InvertedResidual(nn.Module):
         super().__init__()
         mid = cin * expand
         layers = [cbr(cin, mid, 1, act=act)] if expand != 1 else []
-        layers.append(nn.Sequential(nn.Conv2d(mid, mid * dw_mult, 3, stride, 1, groups=mid, bias=False), bn(mid * dw_mult), act()))
+        layers.append(
+            nn.Sequential(
+                nn.Conv2d(mid, mid * dw_mult, 3, stride, 1, groups=mid, bias=False),
+                bn(mid * dw_mult),
+                act(),
+            )
+        )
         mid *= dw_mult
         if se:
             layers.append(SqueezeExcite(mid))
@@ -152,7 +191,9 @@ class ShuffleUnit(nn.Module):
             cbr(src, half, 1), nn.Conv2d(half, half, 3, stride, 1, groups=half, bias=False), bn(half), cbr(half, half, 1),
         )  # fmt: skip
         if stride == 2:
-            self.short = nn.Sequential(nn.Conv2d(cin, cin, 3, 2, 1, groups=cin, bias=False), bn(cin), cbr(cin, half, 1))
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cin, 3, 2, 1, groups=cin, bias=False), bn(cin), cbr(cin, half, 1)
+            )
 
     def forward(self, x):
         if self.stride == 1:
@@ -175,7 +216,12 @@ class DenseBlock(nn.Module):
     def __init__(self, cin, growth, n):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.Sequential(bn(cin + i * growth), nn.ReLU(), nn.Conv2d(cin + i * growth, growth, 3, padding=1, bias=False)) for i in range(n)
+            nn.Sequential(
+                bn(cin + i * growth),
+                nn.ReLU(),
+                nn.Conv2d(cin + i * growth, growth, 3, padding=1, bias=False),
+            )
+            for i in range(n)
         )
 
     def forward(self, x):
@@ -206,7 +252,14 @@ class Fire(nn.Module):
 class SqueezeNet(nn.Module):
     def __init__(self):
         super().__init__()
-        self.f = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.ReLU(), Fire(32, 8, 16), Fire(32, 8, 16), nn.MaxPool2d(2), Fire(32, 16, 32))
+        self.f = nn.Sequential(
+            nn.Conv2d(3, 32, 3, 2, 1),
+            nn.ReLU(),
+            Fire(32, 8, 16),
+            Fire(32, 8, 16),
+            nn.MaxPool2d(2),
+            Fire(32, 16, 32),
+        )
         self.head = nn.Conv2d(64, 10, 1)
 
     def forward(self, x):
@@ -222,7 +275,9 @@ class UNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.e1, self.e2 = cbr(3, 16), cbr(16, 32, 3, 2)
-        self.mid = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.InstanceNorm2d(32, affine=True), nn.ReLU())
+        self.mid = nn.Sequential(
+            nn.Conv2d(32, 32, 3, padding=1), nn.InstanceNorm2d(32, affine=True), nn.ReLU()
+        )
         self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
         self.d1 = cbr(32, 16)
         self.side = nn.Conv2d(32, 8, 1)
@@ -243,4 +298,11 @@ def unet():
 
 @register_model("mlp", (1, 64), tags={"mlp", "gemm", "gelu"})
 def mlp():
-    return nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 96), nn.ReLU(), nn.Dropout(0.1), nn.Linear(96, 10))
+    return nn.Sequential(
+        nn.Linear(64, 128),
+        nn.GELU(),
+        nn.Linear(128, 96),
+        nn.ReLU(),
+        nn.Dropout(0.1),
+        nn.Linear(96, 10),
+    )

@@ -43,8 +43,19 @@ def save(model: ir.Model, path: str | os.PathLike, *, inputs=()) -> None:
 
 
 def analyze(model: ir.Model, ignore=()) -> DependencyGraph:
-    """The dependency graph of channel axes, with ``.groups`` and ``.blocked``."""
-    return _analyze(model, ignore=ignore)
+    """The dependency graph of channel axes, with ``.groups`` and ``.blocked``.
+
+    Like `prune`, it works on a copy whose static shape arithmetic is folded to constants, so
+    it reports what `prune` will see; ``graph.view.model`` is that copy.
+    """
+    return _analyze(_prepared(model), ignore=ignore)
+
+
+def _prepared(model: ir.Model) -> ir.Model:
+    work = copy_model(model)
+    if fold_shape_arithmetic(work):  # exact: only static shape arithmetic becomes constant
+        io.infer_shapes(work)
+    return work
 
 
 def copy_model(model: ir.Model) -> ir.Model:
@@ -68,11 +79,11 @@ def prune(
 
     Returns a new model (the input is not modified) and the report of the contract.
     """
-    cfg = PruneConfig(ratio, criterion, global_ranking, int(round_to), tuple(ignore), aggregation, seed)
+    cfg = PruneConfig(
+        ratio, criterion, global_ranking, int(round_to), tuple(ignore), aggregation, seed
+    )
     t0 = time.perf_counter()
-    work = copy_model(model)
-    if fold_shape_arithmetic(work):  # exact: only static shape arithmetic becomes constant
-        io.infer_shapes(work)
+    work = _prepared(model)
     before = count(work)
     source = copy_model(work)
     dg = _analyze(work, ignore=cfg.ignore)
@@ -103,8 +114,9 @@ def prune(
 
 
 def _blocked_list(dg: DependencyGraph) -> list[dict[str, str]]:
+    """Every reason a channel group cannot be pruned (op-level and group-level), once each."""
     seen, out = set(), []
-    for b in dg.blocked:
+    for b in [*dg.blocked, *(b for g in dg.groups for b in g.blocked)]:
         key = (b.node, b.reason)
         if key not in seen:
             seen.add(key)
@@ -114,8 +126,8 @@ def _blocked_list(dg: DependencyGraph) -> list[dict[str, str]]:
 
 def inspect(model: ir.Model) -> dict[str, Any]:
     """Groups, blocked ops with reasons, params and MACs per op type."""
-    dg = _analyze(model)
-    c = count(model, dg.view)
+    dg = analyze(model)
+    c = count(dg.view.model, dg.view)
     prunable_params = set()
     for g in dg.prunable_groups:
         prunable_params |= {p.name for p in g.params}

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spa_nm.errors import ConfigError, InputError, SpaNmError
+from spa_nm.errors import InputError, SpaNmError
 
 __all__ = ["main"]
 
@@ -37,7 +37,9 @@ def _ratio(text: str) -> float:
     try:
         r = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"ratio must be a number in [0, 1), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"ratio must be a number in [0, 1), got {text!r}"
+        ) from None
     if not 0 <= r < 1:
         raise argparse.ArgumentTypeError(f"ratio must be in [0, 1), got {text}")
     return r
@@ -88,14 +90,48 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG_PRUNE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pp.add_argument("inputs", nargs="+", metavar="INPUT", help="ONNX files and/or folders (searched for *.onnx)")
+    pp.add_argument(
+        "inputs", nargs="+", metavar="INPUT", help="ONNX files and/or folders (searched for *.onnx)"
+    )
     pp.add_argument("-o", "--output", required=True, help="output file (one input file) or folder")
-    pp.add_argument("--ratio", type=_ratio, required=True, help="fraction of channels to remove per group, in [0, 1)")
-    pp.add_argument("--criterion", choices=sorted(CRITERIA), default="l2", help="importance criterion (default: l2)")
-    pp.add_argument("--aggregation", choices=AGGREGATIONS, default="sum", help="how member slices combine (default: sum)")
-    pp.add_argument("--global", dest="global_ranking", action="store_true", help="rank normalized scores across all groups")
-    pp.add_argument("--round-to", type=_positive, default=1, metavar="K", help="keep channel counts multiples of K (default: 1)")
-    pp.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="node names or wildcard patterns whose groups are kept")
+    pp.add_argument(
+        "--ratio",
+        type=_ratio,
+        required=True,
+        help="fraction of channels to remove per group, in [0, 1)",
+    )
+    pp.add_argument(
+        "--criterion",
+        choices=sorted(CRITERIA),
+        default="l2",
+        help="importance criterion (default: l2)",
+    )
+    pp.add_argument(
+        "--aggregation",
+        choices=AGGREGATIONS,
+        default="sum",
+        help="how member slices combine (default: sum)",
+    )
+    pp.add_argument(
+        "--global",
+        dest="global_ranking",
+        action="store_true",
+        help="rank normalized scores across all groups",
+    )
+    pp.add_argument(
+        "--round-to",
+        type=_positive,
+        default=1,
+        metavar="K",
+        help="keep channel counts multiples of K (default: 1)",
+    )
+    pp.add_argument(
+        "--ignore",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="node names or wildcard patterns whose groups are kept",
+    )
     pp.add_argument("--seed", type=int, default=0, help="seed of the random criterion (default: 0)")
     pp.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     return p
@@ -104,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.ERROR if args.quiet else (logging.INFO if args.verbose or args.debug else logging.WARNING)
+    level = (
+        logging.ERROR
+        if args.quiet
+        else (logging.INFO if args.verbose or args.debug else logging.WARNING)
+    )
     logging.basicConfig(level=level, format="spa-nm: %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         if args.command == "inspect":
@@ -152,7 +192,9 @@ def _inspect(args) -> int:
             print(f"  {b['node']} ({b['op']}): {b['reason']}")
     print("by op type:")
     for op, c in sorted(info["by_op"].items()):
-        print(f"  {op:<24} params {format_count(c['params']):>8}   MACs {format_count(c['macs']):>8}")
+        print(
+            f"  {op:<24} params {format_count(c['params']):>8}   MACs {format_count(c['macs']):>8}"
+        )
     return 0
 
 
@@ -192,7 +234,9 @@ def _targets(files: list[Path], output: str) -> list[Path]:
         targets = []
         for f in files:
             if f.name in names:
-                raise InputError(f"{f}: same file name as {names[f.name]}: outputs would collide in {out}")
+                raise InputError(
+                    f"{f}: same file name as {names[f.name]}: outputs would collide in {out}"
+                )
             names[f.name] = f
             targets.append(out / f.name)
     for f, t in zip(files, targets, strict=True):
@@ -221,7 +265,14 @@ def _prune(args) -> int:
     from spa_nm.plan import PruneConfig
     from spa_nm.report import summary_table, write_json
 
-    PruneConfig(args.ratio, args.criterion, args.global_ranking, args.round_to, tuple(args.ignore), args.aggregation)
+    PruneConfig(
+        args.ratio,
+        args.criterion,
+        args.global_ranking,
+        args.round_to,
+        tuple(args.ignore),
+        args.aggregation,
+    )
     files = _collect(args.inputs)
     targets = _targets(files, args.output)
     if args.report:

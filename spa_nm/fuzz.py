@@ -25,7 +25,20 @@ from onnx import TensorProto, helper, numpy_helper
 __all__ = ["Built", "build", "check", "random_recipe", "shrink"]
 
 OPSETS = (11, 13, 17)
-ACTS = ("Relu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "LeakyRelu", "Clip", "Exp", "Elu", "Softplus", "Abs", "Neg")
+ACTS = (
+    "Relu",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Tanh",
+    "LeakyRelu",
+    "Clip",
+    "Exp",
+    "Elu",
+    "Softplus",
+    "Abs",
+    "Neg",
+)
 # ops onnxruntime runs but that have no rule here: the pruner must block around them
 NO_RULE = ("LRN", "LpNormalization", "Shrink", "CumSum")
 KINDS = ("conv", "conv", "conv", "dwconv", "gconv", "bn", "act", "act", "add", "concat", "split",
@@ -90,7 +103,11 @@ class _Builder:
 
     def conv(self, x: str, cin: int, cout: int, k: int, group: int = 1, bias: bool = True) -> str:
         w = self.weight(cout, cin // group, k, k)
-        ins = [x, w] + ([self.init(self.rng.standard_normal(cout).astype(np.float32) * 0.1, "b")] if bias else [])
+        ins = [x, w] + (
+            [self.init(self.rng.standard_normal(cout).astype(np.float32) * 0.1, "b")]
+            if bias
+            else []
+        )
         return self.node("Conv", ins, kernel_shape=[k, k], pads=[k // 2] * 4, group=group)[0]
 
     def const_i64(self, vals) -> str:
@@ -115,7 +132,12 @@ def _step(b: _Builder, s: dict[str, Any]) -> None:
             c, x = 2 * c, y
         b.pool.append((b.conv(x, c, g * n, 3 if s["k"] % 2 else 1, group=g), g * n, hw))
     elif kind == "bn":
-        p = [rng.uniform(0.5, 1.5, c), rng.uniform(-1, 1, c), rng.uniform(-1, 1, c), rng.uniform(0.5, 2, c)]
+        p = [
+            rng.uniform(0.5, 1.5, c),
+            rng.uniform(-1, 1, c),
+            rng.uniform(-1, 1, c),
+            rng.uniform(0.5, 2, c),
+        ]
         ins = [x] + [b.init(v.astype(np.float32), "bn") for v in p]
         b.pool.append((b.node("BatchNormalization", ins)[0], c, hw))
     elif kind == "act":
@@ -126,7 +148,9 @@ def _step(b: _Builder, s: dict[str, Any]) -> None:
             if b.opset < 11:
                 y = b.node("Clip", [x], min=0.0, max=6.0)[0]
             else:
-                y = b.node("Clip", [x, b.init(np.float32(0.0), "lo"), b.init(np.float32(6.0), "hi")])[0]
+                y = b.node(
+                    "Clip", [x, b.init(np.float32(0.0), "lo"), b.init(np.float32(6.0), "hi")]
+                )[0]
         else:
             y = b.node(op, [x])[0]
         b.pool.append((y, c, hw))
@@ -169,11 +193,19 @@ def _step(b: _Builder, s: dict[str, Any]) -> None:
         b.pool.append((b.node("Mul" if kind == "chmul" else "Add", [x, v])[0], c, hw))
     elif kind == "pool":
         if hw >= 4 and s["k"] % 2:
-            b.pool.append((b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])[0], c, hw // 2))
+            b.pool.append(
+                (b.node("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])[0], c, hw // 2)
+            )
         else:
-            b.pool.append((b.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1])[0], c, hw))
+            b.pool.append(
+                (b.node("AveragePool", [x], kernel_shape=[3, 3], pads=[1, 1, 1, 1])[0], c, hw)
+            )
     elif kind == "inorm":
-        ins = [x, b.init(rng.uniform(0.5, 1.5, c).astype(np.float32), "s"), b.init(rng.uniform(-1, 1, c).astype(np.float32), "t")]
+        ins = [
+            x,
+            b.init(rng.uniform(0.5, 1.5, c).astype(np.float32), "s"),
+            b.init(rng.uniform(-1, 1, c).astype(np.float32), "t"),
+        ]
         b.pool.append((b.node("InstanceNormalization", ins)[0], c, hw))
     elif kind == "slice":
         if c < 2:
@@ -281,8 +313,12 @@ def check(recipe: dict[str, Any], tmp_dir, ratio: float | None = None) -> dict[s
     res = spa_nm.prune(model, ratio, global_ranking=glob, round_to=round_to)
     check_model(res.model)
     pm = res.model
-    assert [(v.name, v.dtype) for v in pm.graph.inputs] == [(v.name, v.dtype) for v in model.graph.inputs]
-    assert [(v.name, v.dtype) for v in pm.graph.outputs] == [(v.name, v.dtype) for v in model.graph.outputs]
+    assert [(v.name, v.dtype) for v in pm.graph.inputs] == [
+        (v.name, v.dtype) for v in model.graph.inputs
+    ]
+    assert [(v.name, v.dtype) for v in pm.graph.outputs] == [
+        (v.name, v.dtype) for v in model.graph.outputs
+    ]
     assert res.report["params_after"] <= res.report["params_before"], "parameters increased"
     # float32 summation order moves the last digits of outputs that reach tens: 1e-6 relative
     assert_prune_equivalent(model, res, atol=1e-5, rtol=1e-6)
@@ -324,7 +360,9 @@ def _assert_slices(res) -> None:
                 keep = np.nonzero(~dead_label[dg.labels[o : o + dg.sizes[s]]])[0]
                 expect = np.take(expect, keep, axis=axis)
         got = v.const_value.numpy()
-        assert got.shape == expect.shape and np.array_equal(got, expect), f"{name} is not a slice of the original"
+        assert got.shape == expect.shape and np.array_equal(got, expect), (
+            f"{name} is not a slice of the original"
+        )
 
 
 def shrink(recipe: dict[str, Any], fails: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:

@@ -32,7 +32,14 @@ import onnx_ir as ir
 from spa_nm.facts import Blocked, OpFacts, Param, Role, Slot
 from spa_nm.rules import RuleContext, lookup
 
-__all__ = ["ChannelGroup", "DependencyGraph", "ModelView", "analyze", "node_label"]
+__all__ = [
+    "ChannelGroup",
+    "DependencyGraph",
+    "ModelView",
+    "analyze",
+    "composite_axis",
+    "node_label",
+]
 
 _MAX_ROUNDS = 40
 
@@ -80,7 +87,9 @@ class ModelView:
             return tuple(c.shape)
         if v.shape is None:
             return None
-        return tuple(d if isinstance(d, int) else (d.value if d is not None else None) for d in v.shape)
+        return tuple(
+            d if isinstance(d, int) else (d.value if d is not None else None) for d in v.shape
+        )
 
     def const(self, name: str) -> np.ndarray | None:
         if name in self._consts:
@@ -99,7 +108,12 @@ class ModelView:
 
     def is_param(self, name: str) -> bool:
         v = self.values.get(name)
-        return v is not None and not v.is_graph_input() and not v.is_graph_output() and self.const(name) is not None
+        return (
+            v is not None
+            and not v.is_graph_input()
+            and not v.is_graph_output()
+            and self.const(name) is not None
+        )
 
     def consumers(self, name: str) -> list[ir.Node]:
         v = self.values.get(name)
@@ -163,7 +177,11 @@ class ChannelGroup:
 
     @property
     def prunable(self) -> bool:
-        return not self.blocked and self.size > 1 and any(p.role == Role.WEIGHT_OUT for p in self.params)
+        return (
+            not self.blocked
+            and self.size > 1
+            and any(p.role == Role.WEIGHT_OUT for p in self.params)
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -227,7 +245,7 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
 
     frozen: dict[str, list[Blocked]] = defaultdict(list)
     blocked_ops: list[Blocked] = []
-    for i, f in facts.items():
+    for f in facts.values():
         bl = [f] if isinstance(f, Blocked) else f.blocked
         for b in bl:
             blocked_ops.append(b)
@@ -254,10 +272,14 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
         for s in ss:
             size = _slot_size(view, s)
             if size is None:
-                frozen[value].append(Blocked(value, "shape", f"channel slot {s} has no static size"))
+                frozen[value].append(
+                    Blocked(value, "shape", f"channel slot {s} has no static size")
+                )
                 size = 1
             if view.const(value) is not None:
-                frozen[value].append(Blocked(value, "constant", "a constant tensor carries this channel"))
+                frozen[value].append(
+                    Blocked(value, "constant", "a constant tensor carries this channel")
+                )
             slots[s] = size
         axes_seen: set[int] = set()
         for s in sorted(ss):
@@ -284,8 +306,15 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
         for ln in f.links:
             a_idx = np.arange(slots[ln.a]) if ln.a_idx is None else np.asarray(ln.a_idx)
             b_idx = np.arange(slots[ln.b]) if ln.b_idx is None else np.asarray(ln.b_idx)
-            if a_idx.shape != b_idx.shape or (a_idx.size and (a_idx.max() >= slots[ln.a] or b_idx.max() >= slots[ln.b])):
-                b = Blocked(label, view.nodes[i].op_type, f"inconsistent channel sizes {ln.a} / {ln.b}", (ln.a.value, ln.b.value))
+            if a_idx.shape != b_idx.shape or (
+                a_idx.size and (a_idx.max() >= slots[ln.a] or b_idx.max() >= slots[ln.b])
+            ):
+                b = Blocked(
+                    label,
+                    view.nodes[i].op_type,
+                    f"inconsistent channel sizes {ln.a} / {ln.b}",
+                    (ln.a.value, ln.b.value),
+                )
                 blocked_ops.append(b)
                 frozen[ln.a.value].append(b)
                 frozen[ln.b.value].append(b)
@@ -298,7 +327,12 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
             ps = p.param_slot
             idx = np.arange(slots[ps]) if p.idx is None else np.asarray(p.idx)
             if idx.size != slots[ps] or (idx.size and idx.max() >= slots[p.slot]):
-                b = Blocked(label, view.nodes[i].op_type, f"parameter {p.name} does not match {p.slot}", (p.slot.value,))
+                b = Blocked(
+                    label,
+                    view.nodes[i].op_type,
+                    f"parameter {p.name} does not match {p.slot}",
+                    (p.slot.value,),
+                )
                 blocked_ops.append(b)
                 frozen[p.slot.value].append(b)
                 continue
@@ -317,11 +351,15 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
         comp_slots = sorted(comp)
         params = [p for s in comp_slots for p in param_of.get(s, [])]
         node_ids = sorted(i for i, ss in node_slots.items() if ss & comp) + sorted(
-            i for i, f in facts.items() if not isinstance(f, Blocked) and any(p.param_slot in comp for p in f.params)
+            i
+            for i, f in facts.items()
+            if not isinstance(f, Blocked) and any(p.param_slot in comp for p in f.params)
         )
         node_ids = sorted(set(node_ids))
         names = [node_label(view.nodes[i], i) for i in node_ids]
-        units = np.unique(np.concatenate([labels[offsets[s] : offsets[s] + slots[s]] for s in comp_slots]))
+        units = np.unique(
+            np.concatenate([labels[offsets[s] : offsets[s] + slots[s]] for s in comp_slots])
+        )
         grp = ChannelGroup(gid, comp_slots, params, names, units)
         seen: set[tuple[str, str]] = set()
         for s in comp_slots:
@@ -348,7 +386,9 @@ def _run_rule(view: ModelView, node: ir.Node, i: int, known) -> OpFacts | Blocke
     entry = lookup(node.domain, node.op_type, opset)
     if entry is None:
         dom = node.domain or "ai.onnx"
-        return Blocked(label, node.op_type, f"no rule for {dom}::{node.op_type} at opset {opset}", values)
+        return Blocked(
+            label, node.op_type, f"no rule for {dom}::{node.op_type} at opset {opset}", values
+        )
     try:
         res = entry.fn(node, RuleContext(view, node, known))
     except Exception as e:  # a rule bug must block, never crash or guess
@@ -412,7 +452,11 @@ def _freeze_subgraph_captures(view: ModelView, frozen) -> None:
                     for v in sn.inputs:
                         if v is not None and v.name in view.values and v.graph is not sub:
                             frozen[v.name].append(
-                                Blocked(node.name or node.op_type, node.op_type, "read inside a subgraph")
+                                Blocked(
+                                    node.name or node.op_type,
+                                    node.op_type,
+                                    "read inside a subgraph",
+                                )
                             )
 
 
@@ -429,21 +473,41 @@ def _check_shared_params(view: ModelView, grp: ChannelGroup, facts) -> None:
             i = index.get(id(c))
             if i is None or i not in declared[name]:
                 grp.blocked.append(
-                    Blocked(c.name or c.op_type, c.op_type, f"constant {name} is also read here, unpruned")
+                    Blocked(
+                        c.name or c.op_type,
+                        c.op_type,
+                        f"constant {name} is also read here, unpruned",
+                    )
                 )
         if name in view.graph_outputs or name in view.graph_inputs:
-            grp.blocked.append(Blocked(name, "graph output", f"constant {name} is a graph input/output"))
+            grp.blocked.append(
+                Blocked(name, "graph output", f"constant {name} is a graph input/output")
+            )
 
 
 def _check_composites(grp: ChannelGroup, labels, offsets, view: ModelView) -> None:
+    """A composite slot must lose a product set (whole rows along each of its axes), or the
+    tensor would not stay rectangular."""
     for s in grp.slots:
         if len(s.axes) < 2:
             continue
         shape = view.shape(s.value)
-        last = shape[s.axes[-1]]
-        lab = labels[offsets[s] : offsets[s] + math.prod(shape[a] for a in s.axes)].reshape(-1, last)
-        if not (lab == lab[:1]).all():
-            grp.blocked.append(Blocked(s.value, "reshape", f"channels of {s} do not form a rectangle"))
+        dims = [shape[a] for a in s.axes]
+        lab = labels[offsets[s] : offsets[s] + math.prod(dims)].reshape(dims)
+        if composite_axis(lab) is None:
+            grp.blocked.append(
+                Blocked(s.value, "reshape", f"channels of {s} do not form a rectangle")
+            )
+
+
+def composite_axis(lab: np.ndarray) -> int | None:
+    """The one axis along which a composite slot's units vary (labels constant across every
+    other axis), or None."""
+    for k in range(lab.ndim):
+        moved = np.moveaxis(lab, k, -1).reshape(-1, lab.shape[k])
+        if (moved == moved[:1]).all():
+            return k
+    return None
 
 
 def _kappa(view: ModelView, facts, slots) -> dict[Slot, np.ndarray]:
@@ -460,7 +524,8 @@ def _kappa(view: ModelView, facts, slots) -> dict[Slot, np.ndarray]:
                 out = {}
             for s, k in out.items():
                 if s in slots and s not in kappa:
-                    kappa[s] = np.asarray(k, dtype=float)
+                    k = np.asarray(k, dtype=float)
+                    kappa[s] = np.where(np.isfinite(k), k, np.nan)  # inf is not foldable
         for s in f.resets:
             kappa[s] = np.zeros(slots.get(s, 0))
     return kappa
@@ -482,8 +547,11 @@ def _check_folds(view: ModelView, grp: ChannelGroup, facts, kappa, node_ids) -> 
             label = node_label(view.nodes[i], i)
             if k is None or np.isnan(k).any():
                 grp.blocked.append(
-                    Blocked(label, view.nodes[i].op_type,
-                            f"a removed channel would still feed {p.slot} a value that is not a known constant")
+                    Blocked(
+                        label,
+                        view.nodes[i].op_type,
+                        f"a removed channel would still feed {p.slot} a value that is not a known constant",
+                    )
                 )
             elif np.any(k != 0):
                 if p.slot in f.folds:
@@ -491,6 +559,9 @@ def _check_folds(view: ModelView, grp: ChannelGroup, facts, kappa, node_ids) -> 
                         grp.folds.append((i, p.slot))
                 else:
                     grp.blocked.append(
-                        Blocked(label, view.nodes[i].op_type,
-                                f"a removed channel would feed a constant into {p.slot} that cannot be folded exactly")
+                        Blocked(
+                            label,
+                            view.nodes[i].op_type,
+                            f"a removed channel would feed a constant into {p.slot} that cannot be folded exactly",
+                        )
                     )

@@ -29,7 +29,11 @@ _WEIGHT_LIKE = (Role.WEIGHT_OUT, Role.WEIGHT_IN, Role.NORM_SCALE)
 
 
 def _slice_scores(
-    dg: DependencyGraph, group: ChannelGroup, roles, fn: Callable[[np.ndarray], np.ndarray], agg: str
+    dg: DependencyGraph,
+    group: ChannelGroup,
+    roles,
+    fn: Callable[[np.ndarray], np.ndarray],
+    agg: str,
 ) -> tuple[np.ndarray, bool]:
     """Aggregate fn(slice) over member slices with ``roles``; returns (scores, any_slices)."""
     n = group.size

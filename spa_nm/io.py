@@ -75,7 +75,10 @@ def _external_tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
             yield t
     for node in proto.graph.node:
         for a in node.attribute:
-            if a.type == onnx.AttributeProto.TENSOR and a.t.data_location == onnx.TensorProto.EXTERNAL:
+            if (
+                a.type == onnx.AttributeProto.TENSOR
+                and a.t.data_location == onnx.TensorProto.EXTERNAL
+            ):
                 yield a.t
 
 
@@ -85,10 +88,14 @@ def _check_external_data(path: Path, proto: onnx.ModelProto) -> None:
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
         if not loc or os.path.isabs(loc) or Path(loc).is_absolute():
-            raise InputError(f"{path}: external data of {t.name!r} has an absolute location {loc!r}")
+            raise InputError(
+                f"{path}: external data of {t.name!r} has an absolute location {loc!r}"
+            )
         target = (base / loc).resolve()
         if base != target and base not in target.parents:
-            raise InputError(f"{path}: external data of {t.name!r} points outside the model folder ({loc!r})")
+            raise InputError(
+                f"{path}: external data of {t.name!r} points outside the model folder ({loc!r})"
+            )
         if not target.is_file():
             raise InputError(f"{path}: external data file {loc!r} of {t.name!r} is missing")
         offset = int(info.get("offset", 0) or 0)
@@ -117,7 +124,13 @@ def _bind_external_data(model: ir.Model, base: Path) -> None:
         t = v.const_value
         if isinstance(t, ir.ExternalTensor):
             v.const_value = ir.ExternalTensor(
-                t.location, t.offset, t.length, t.dtype, shape=t.shape, name=t.name, base_dir=str(base)
+                t.location,
+                t.offset,
+                t.length,
+                t.dtype,
+                shape=t.shape,
+                name=t.name,
+                base_dir=str(base),
             )
 
 
@@ -141,7 +154,9 @@ def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike
     return o
 
 
-def save(model: ir.Model, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+def save(
+    model: ir.Model, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()
+) -> Path:
     """Write ``model`` atomically: to a temporary file in the same folder, then rename.
 
     Models over 2 GB are written with their weights in ``<name>.data`` beside the file; the

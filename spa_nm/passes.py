@@ -56,7 +56,12 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
             continue
         out = node.outputs[0]
         src = node.inputs[0] if node.inputs else None
-        if node.op_type == "Identity" and src is not None and src.const_value is not None and not src.is_graph_input():
+        if (
+            node.op_type == "Identity"
+            and src is not None
+            and src.const_value is not None
+            and not src.is_graph_input()
+        ):
             # exporters deduplicate equal weights through Identity: give each its own
             # initializer (same tensor object, no copy) so they prune independently
             _replace_with_initializer(g, out, src.const_value)
@@ -113,7 +118,12 @@ def _evaluate(node: ir.Node, inputs: list[np.ndarray | None], opset: int) -> np.
         graph = onnx.helper.make_graph(
             [proto],
             "fold",
-            [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape) for n, a in feeds.items()],
+            [
+                onnx.helper.make_tensor_value_info(
+                    n, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape
+                )
+                for n, a in feeds.items()
+            ],
             [onnx.helper.make_tensor_value_info("out", onnx.TensorProto.UNDEFINED, None)],
         )
         m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])

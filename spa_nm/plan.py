@@ -30,7 +30,9 @@ class PruneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.ratio, int | float) and 0 <= self.ratio < 1) or math.isnan(self.ratio):
+        if not (isinstance(self.ratio, int | float) and 0 <= self.ratio < 1) or math.isnan(
+            self.ratio
+        ):
             raise ConfigError(f"ratio must be in [0, 1), got {self.ratio}")
         if int(self.round_to) < 1:
             raise ConfigError(f"round-to must be a positive integer, got {self.round_to}")
@@ -106,7 +108,9 @@ def _rounded_removal(n: int, k: int, round_to: int) -> int:
     return n - max(keep, 1)
 
 
-def _never_empty(dg: DependencyGraph, g: ChannelGroup, chosen: np.ndarray, order: np.ndarray) -> np.ndarray:
+def _never_empty(
+    dg: DependencyGraph, g: ChannelGroup, chosen: np.ndarray, order: np.ndarray
+) -> np.ndarray:
     """Give back the best unit of any slot that the choice would empty."""
     chosen_set = set(chosen.tolist())
     pos = {int(u): i for i, u in enumerate(order)}  # rank of each unit position

@@ -38,7 +38,9 @@ def summary_table(entries: list[dict[str, Any]]) -> str:
     for e in entries:
         name = Path(e.get("input", "?")).name
         if e.get("status") != "ok":
-            rows.append((name, "error", e.get("error", "")[:60], "", "", f"{e.get('seconds', 0):.2f}"))
+            rows.append(
+                (name, "error", e.get("error", "")[:60], "", "", f"{e.get('seconds', 0):.2f}")
+            )
             continue
         blocked = e.get("groups_total", 0) - e.get("groups_prunable", 0)
         rows.append(

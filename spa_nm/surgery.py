@@ -18,7 +18,7 @@ import onnx
 import onnx_ir as ir
 from spa_nm.errors import SurgeryError
 from spa_nm.facts import Blocked, FixInfo, Slot
-from spa_nm.graph import DependencyGraph, node_label
+from spa_nm.graph import DependencyGraph, composite_axis, node_label
 from spa_nm.plan import PrunePlan
 
 __all__ = ["apply_plan", "check_model"]
@@ -40,10 +40,16 @@ class _Consts:
     def add_bias(self, node: ir.Node, index: int, bias: str | None, delta: np.ndarray) -> None:
         if bias is not None:
             cur = self.get(bias)
-            self.arrays[bias] = (cur + delta.reshape(cur.shape[-1:]) if cur.ndim else cur + delta).astype(cur.dtype)
+            self.arrays[bias] = (
+                cur + delta.reshape(cur.shape[-1:]) if cur.ndim else cur + delta
+            ).astype(cur.dtype)
             return
         name = _unique_name(self.dg, f"{node.name or node.op_type}_folded_bias")
-        value = ir.Value(name=name, shape=ir.Shape(delta.shape), type=ir.TensorType(ir.DataType.from_numpy(delta.dtype)))
+        value = ir.Value(
+            name=name,
+            shape=ir.Shape(delta.shape),
+            type=ir.TensorType(ir.DataType.from_numpy(delta.dtype)),
+        )
         value.const_value = ir.tensor(delta, name=name)
         self.dg.view.model.graph.register_initializer(value)
         if len(node.inputs) <= index:
@@ -71,7 +77,9 @@ def apply_plan(dg: DependencyGraph, plan: PrunePlan) -> ir.Model:
     for gid in plan.removed:
         g = dg.groups[gid]
         if not g.prunable:
-            raise SurgeryError(f"group {gid} is blocked: {g.blocked[0].reason if g.blocked else 'not prunable'}")
+            raise SurgeryError(
+                f"group {gid} is blocked: {g.blocked[0].reason if g.blocked else 'not prunable'}"
+            )
     dead_label = np.zeros(dg.labels.size, dtype=bool)
     for units in plan.removed.values():
         dead_label[units] = True
@@ -99,7 +107,12 @@ def apply_plan(dg: DependencyGraph, plan: PrunePlan) -> ir.Model:
     # (3) slice member initializers
     sliced: dict[str, list[tuple[int, np.ndarray]]] = defaultdict(list)
     for s in slots:
-        if view.values.get(s.value) is not None and view.const(s.value) is not None and s in dg.sizes and _is_param_slot(dg, s):
+        if (
+            view.values.get(s.value) is not None
+            and view.const(s.value) is not None
+            and s in dg.sizes
+            and _is_param_slot(dg, s)
+        ):
             sliced[s.value].append((s.axes[0], kept[s]))
     for name, (axis, out_slot) in consts.created.items():
         if out_slot in kept:
@@ -151,7 +164,12 @@ def apply_plan(dg: DependencyGraph, plan: PrunePlan) -> ir.Model:
         old = v.shape
         dims = []
         for k, d in enumerate(shape):
-            if old is not None and k < len(old) and not isinstance(old[k], int) and d == view.shape(name)[k]:
+            if (
+                old is not None
+                and k < len(old)
+                and not isinstance(old[k], int)
+                and d == view.shape(name)[k]
+            ):
                 dims.append(old[k])
             else:
                 dims.append(d)
@@ -184,13 +202,20 @@ def _replace_const_input(dg: DependencyGraph, node: ir.Node, index: int, arr: np
         v.const_value = ir.tensor(arr, name=v.name)
         v.shape = ir.Shape(arr.shape)
         return
-    if v is not None and only_here and v.producer() is not None and v.producer().op_type == "Constant":
+    if (
+        v is not None
+        and only_here
+        and v.producer() is not None
+        and v.producer().op_type == "Constant"
+    ):
         v.producer().attributes["value"] = ir.AttrTensor("value", ir.tensor(arr))
         v.shape = ir.Shape(arr.shape)
         return
     base = (v.name if v is not None else f"{node.name or node.op_type}_in{index}") + "_pruned"
     name = _unique_name(dg, base)
-    nv = ir.Value(name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)))
+    nv = ir.Value(
+        name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype))
+    )
     nv.const_value = ir.tensor(arr, name=name)
     dg.view.model.graph.register_initializer(nv)
     dg.view.values[name] = nv
@@ -208,15 +233,21 @@ def _new_shapes(dg: DependencyGraph, kept: dict[Slot, np.ndarray]) -> dict[str, 
         if len(s.axes) == 1:
             shape[s.axes[0]] = int(idx.size)
         else:
-            lead = math.prod(shape[a] for a in s.axes[:-1])
-            shape[s.axes[-1]] = int(idx.size) // lead
+            # the units of a composite slot vary along one axis only (checked by the graph)
+            dims = [shape[a] for a in s.axes]
+            k = composite_axis(dg.elements(s).reshape(dims))
+            shape[s.axes[k]] = int(idx.size) // (math.prod(dims) // dims[k])
         out[s.value] = shape
     return {k: tuple(v) for k, v in out.items()}
 
 
 def check_model(model: ir.Model, what: str = "pruned model") -> None:
     """Full ONNX checker (with strict shape inference) on ``model``; SurgeryError on failure."""
-    total = sum(int(v.const_value.nbytes) for v in model.graph.initializers.values() if v.const_value is not None)
+    total = sum(
+        int(v.const_value.nbytes)
+        for v in model.graph.initializers.values()
+        if v.const_value is not None
+    )
     if total > 2**31 - 1 - (64 << 20):
         return  # the in-memory checker cannot take >2 GB
     for v in model.graph.initializers.values():

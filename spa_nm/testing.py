@@ -135,6 +135,8 @@ def assert_prune_equivalent(
             continue
         diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64))))
         bound = atol + rtol * float(np.max(np.abs(r)))
-        assert diff <= bound, f"pruned model differs from the zeroed original by {diff:g} (bound {bound:g})"
+        assert diff <= bound, (
+            f"pruned model differs from the zeroed original by {diff:g} (bound {bound:g})"
+        )
         worst = max(worst, diff)
     return {"max_abs_diff": worst}

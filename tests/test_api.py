@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from conftest import CNN, model_from_text
+from tests.helpers import CNN, model_from_text
 
 import onnx_ir as ir
 import spa_nm
@@ -170,10 +170,14 @@ def test_save_and_reload_keeps_opset_ir_and_metadata(tmp_path):
     spa_nm.save(res.model, out)
     q = onnx.load(out)
     assert q.ir_version == proto.ir_version
-    assert [(o.domain, o.version) for o in q.opset_import] == [(o.domain, o.version) for o in proto.opset_import]
+    assert [(o.domain, o.version) for o in q.opset_import] == [
+        (o.domain, o.version) for o in proto.opset_import
+    ]
     assert {p.key: p.value for p in q.metadata_props} == {"author": "me"}
     assert q.producer_name == "unit-test"
-    assert [i.name for i in q.graph.input] == ["input"] and [o.name for o in q.graph.output] == ["output"]
+    assert [i.name for i in q.graph.input] == ["input"] and [o.name for o in q.graph.output] == [
+        "output"
+    ]
     onnx.checker.check_model(q, full_check=True)
 
 

@@ -42,13 +42,28 @@ def digest(p: Path) -> bytes:
 def test_prune_single_file_writes_output_and_report(cnn_path, tmp_path):
     out, rep = tmp_path / "small.onnx", tmp_path / "r" / "report.json"
     before = digest(cnn_path)
-    assert main(["prune", str(cnn_path), "-o", str(out), "--ratio", "0.5", "--report", str(rep), "-q"]) == 0
+    assert (
+        main(["prune", str(cnn_path), "-o", str(out), "--ratio", "0.5", "--report", str(rep), "-q"])
+        == 0
+    )
     assert digest(cnn_path) == before, "input modified"
     onnx.checker.check_model(onnx.load(out), full_check=True)
     data = json.loads(rep.read_text())
     (entry,) = data["models"]
-    for key in ("input", "output", "status", "error", "params_before", "params_after", "macs_before",
-                "macs_after", "groups_total", "groups_pruned", "blocked", "seconds"):
+    for key in (
+        "input",
+        "output",
+        "status",
+        "error",
+        "params_before",
+        "params_after",
+        "macs_before",
+        "macs_after",
+        "groups_total",
+        "groups_pruned",
+        "blocked",
+        "seconds",
+    ):
         assert key in entry
     assert entry["status"] == "ok" and entry["error"] is None
     assert entry["params_after"] < entry["params_before"]
@@ -74,7 +89,9 @@ def test_batch_goes_on_after_a_bad_model(cnn_path, tmp_path):
     shutil.copy(cnn_path, src / "good.onnx")
     (src / "bad.onnx").write_bytes(b"this is not a protobuf")
     out, rep = tmp_path / "out", tmp_path / "report.json"
-    code, _, err = run_cli("prune", str(src), "-o", str(out), "--ratio", "0.5", "--report", str(rep), "-q")
+    code, _, err = run_cli(
+        "prune", str(src), "-o", str(out), "--ratio", "0.5", "--report", str(rep), "-q"
+    )
     assert code != 0
     assert (out / "good.onnx").exists() and not (out / "bad.onnx").exists()
     status = {Path(e["input"]).name: e["status"] for e in json.loads(rep.read_text())["models"]}
@@ -116,7 +133,9 @@ def test_help_and_version():
 
 
 def test_missing_file(tmp_path):
-    code, _, err = run_cli("prune", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.5")
+    code, _, err = run_cli(
+        "prune", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.5"
+    )
     assert code == 2
     assert_one_line_error(err, "nope.onnx", "no such file")
     assert not (tmp_path / "o.onnx").exists()
@@ -124,7 +143,11 @@ def test_missing_file(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "cause"),
-    [(b"", "empty file"), (b"\x00garbage\xff" * 10, "not an ONNX model"), (b"hello world\n", "not an ONNX model")],
+    [
+        (b"", "empty file"),
+        (b"\x00garbage\xff" * 10, "not an ONNX model"),
+        (b"hello world\n", "not an ONNX model"),
+    ],
     ids=["empty", "garbage", "text"],
 )
 def test_not_an_onnx_file(tmp_path, content, cause):
@@ -182,12 +205,16 @@ def test_folder_without_models(tmp_path):
 def test_unwritable_output_folder(cnn_path, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = run_cli("prune", str(cnn_path), "-o", str(blocker / "sub" / "o.onnx"), "--ratio", "0.5")
+    code, _, err = run_cli(
+        "prune", str(cnn_path), "-o", str(blocker / "sub" / "o.onnx"), "--ratio", "0.5"
+    )
     assert code == 2
     assert_one_line_error(err, "cannot create the output folder")
 
 
-@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root ignores permissions")
+@pytest.mark.skipif(
+    os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root ignores permissions"
+)
 def test_read_only_output_folder(cnn_path, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -201,12 +228,19 @@ def test_read_only_output_folder(cnn_path, tmp_path):
 
 
 def _external_model(tmp_path: Path, location: str) -> Path:
-    from conftest import CNN, model_from_text
+    from tests.helpers import CNN, model_from_text
 
     m = model_from_text(CNN)
     d = tmp_path / "ext"
     d.mkdir()
-    onnx.save(m, d / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    onnx.save(
+        m,
+        d / "m.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.data",
+        size_threshold=0,
+    )
     proto = onnx.load(d / "m.onnx", load_external_data=False)
     for t in proto.graph.initializer:
         for e in t.external_data:
@@ -233,7 +267,15 @@ def test_external_data_model_prunes(tmp_path):
 
 
 def test_debug_shows_traceback(tmp_path):
-    code, _, err = run_cli("prune", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.5", "--debug")
+    code, _, err = run_cli(
+        "prune",
+        str(tmp_path / "nope.onnx"),
+        "-o",
+        str(tmp_path / "o.onnx"),
+        "--ratio",
+        "0.5",
+        "--debug",
+    )
     assert code != 0 and "Traceback" in err
 
 
@@ -243,12 +285,16 @@ def test_duplicate_names_in_batch(cnn_path, tmp_path):
     b.mkdir()
     shutil.copy(cnn_path, a / "m.onnx")
     shutil.copy(cnn_path, b / "m.onnx")
-    code, _, err = run_cli("prune", str(a / "m.onnx"), str(b / "m.onnx"), "-o", str(tmp_path / "out"), "--ratio", "0.5")
+    code, _, err = run_cli(
+        "prune", str(a / "m.onnx"), str(b / "m.onnx"), "-o", str(tmp_path / "out"), "--ratio", "0.5"
+    )
     assert code == 2
     assert_one_line_error(err, "m.onnx", "collide")
 
 
 def test_import_does_not_load_torch_or_onnxruntime():
     code = "import sys, spa_nm, spa_nm.cli; print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert out.split() == ["False", "False"]

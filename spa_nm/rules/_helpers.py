@@ -92,7 +92,11 @@ def map_axes(
 
 
 def passthrough(
-    ctx: RuleContext, x: str, y: str, axes: range | list[int] | None = None, facts: OpFacts | None = None
+    ctx: RuleContext,
+    x: str,
+    y: str,
+    axes: range | list[int] | None = None,
+    facts: OpFacts | None = None,
 ) -> OpFacts:
     """Identity on ``axes`` (default all) from x to y; channel slots elsewhere block."""
     facts = facts if facts is not None else OpFacts()
@@ -109,7 +113,9 @@ def passthrough(
 # -- constants carried by zeroed channels (METHODS.md §1.4) -------------------------------
 
 
-def _link_pairs(links: list[Link], sizes: Callable[[Slot], int]) -> list[tuple[Link, np.ndarray, np.ndarray]]:
+def _link_pairs(
+    links: list[Link], sizes: Callable[[Slot], int]
+) -> list[tuple[Link, np.ndarray, np.ndarray]]:
     out = []
     for ln in links:
         a_idx = np.arange(sizes(ln.a)) if ln.a_idx is None else ln.a_idx
@@ -235,7 +241,12 @@ def _strip_common_symbolic(xs: Any, ys: Any) -> Any:
     if xs is None or ys is None:
         return None, None
     k = 0
-    while k < min(len(xs), len(ys)) and not isinstance(xs[k], int) and xs[k] == ys[k] and xs[k] is not None:
+    while (
+        k < min(len(xs), len(ys))
+        and not isinstance(xs[k], int)
+        and xs[k] == ys[k]
+        and xs[k] is not None
+    ):
         k += 1
     rest_x, rest_y = list(xs[k:]), list(ys[k:])
     if not all(isinstance(d, int) for d in rest_x + rest_y):
@@ -281,7 +292,12 @@ def _group_links(
             last = out_dims[-1]
             grid = np.arange(n).reshape(-1, last)
             facts.links.append(
-                Link(full_out, full_out, np.repeat(grid[0], grid.shape[0] - 1), grid[1:].T.reshape(-1))
+                Link(
+                    full_out,
+                    full_out,
+                    np.repeat(grid[0], grid.shape[0] - 1),
+                    grid[1:].T.reshape(-1),
+                )
             )
         return True
     # a channel slot merged with non-channel dims: each merged element -> its channel digit

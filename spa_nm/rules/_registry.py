@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import onnx_ir as ir
 
-    from spa_nm.facts import Blocked, OpFacts
     from spa_nm.rules._context import RuleContext
 
 __all__ = ["RuleEntry", "lookup", "macs_of", "rule", "supported_ops"]

@@ -114,7 +114,9 @@ def split(node, ctx: RuleContext) -> OpFacts:
         facts.links.append(Link(ln.b, ln.a, ln.b_idx, ln.a_idx))
     facts.blocked.extend(tmp.blocked)
     if any(axis in s.axes for v in (x, *outs) for s in ctx.slots(v)):
-        facts.fixups.append(_split_fixup(node.name, outs, axis, ctx.opset, ctx.input(1) is not None))
+        facts.fixups.append(
+            _split_fixup(node.name, outs, axis, ctx.opset, ctx.input(1) is not None)
+        )
     return _with_copy(ctx, facts)
 
 
@@ -138,9 +140,13 @@ def _clamp(v: int, dim: int) -> int:
     return max(0, min(v, dim))
 
 
-def _slice_fixup(node_name: str, x: str, y: str, k: int, axis: int, start: int, opset: int) -> Fixup:
+def _slice_fixup(
+    node_name: str, x: str, y: str, k: int, axis: int, start: int, opset: int
+) -> Fixup:
     def apply(node: ir.Node, info: FixInfo) -> None:
-        if tuple(info.new_shape(y)) == tuple(info.old_shape(y)) and tuple(info.new_shape(x)) == tuple(info.old_shape(x)):
+        if tuple(info.new_shape(y)) == tuple(info.old_shape(y)) and tuple(
+            info.new_shape(x)
+        ) == tuple(info.old_shape(x)):
             return
         kept = info.kept(_axis_slot(info, x, axis))
         new_start = int(np.sum(kept < start)) if kept is not None else start

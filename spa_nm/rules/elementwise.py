@@ -34,8 +34,12 @@ def _unary_fns(ctx: RuleContext) -> dict[str, Callable[[np.ndarray], np.ndarray]
         "Relu": lambda v: np.maximum(v, 0),
         "LeakyRelu": lambda v: np.where(v >= 0, v, a("alpha", 0.01) * v),
         "Elu": lambda v: np.where(v >= 0, v, a("alpha", 1.0) * (np.exp(v) - 1)),
-        "Celu": lambda v: np.maximum(v, 0) + np.minimum(0, a("alpha", 1.0) * (np.exp(v / a("alpha", 1.0)) - 1)),
-        "Selu": lambda v: a("gamma", 1.0507) * np.where(v > 0, v, a("alpha", 1.67326) * (np.exp(v) - 1)),
+        "Celu": lambda v: (
+            np.maximum(v, 0) + np.minimum(0, a("alpha", 1.0) * (np.exp(v / a("alpha", 1.0)) - 1))
+        ),
+        "Selu": lambda v: (
+            a("gamma", 1.0507) * np.where(v > 0, v, a("alpha", 1.67326) * (np.exp(v) - 1))
+        ),
         "ThresholdedRelu": lambda v: np.where(v > a("alpha", 1.0), v, 0.0),
         "Sigmoid": _sigmoid,
         "HardSigmoid": lambda v: np.clip(a("alpha", 0.2) * v + a("beta", 0.5), 0, 1),
@@ -188,7 +192,9 @@ def _binary_transfer(op: str, ctx: RuleContext, ins: list[str | None], kinds):
     """Constant carried by a zeroed channel through a broadcasting op (NaN: not a constant)."""
     size = _size_fn(ctx)
 
-    def operand_value(i: int, kind: str, src: Slot | None, so: Slot, kappa: Mapping[Slot, np.ndarray]):
+    def operand_value(
+        i: int, kind: str, src: Slot | None, so: Slot, kappa: Mapping[Slot, np.ndarray]
+    ):
         v = ins[i]
         n = size(so)
         if kind == "link":
@@ -201,7 +207,11 @@ def _binary_transfer(op: str, ctx: RuleContext, ins: list[str | None], kinds):
                 axis = src.axes[0]
                 other = tuple(a for a in range(c.ndim) if a != axis)
                 cm = np.moveaxis(c, axis, 0).reshape(c.shape[axis], -1)
-                return np.where(np.all(cm == cm[:, :1], axis=1), cm[:, 0], np.nan).astype(float) if other else cm[:, 0].astype(float)
+                return (
+                    np.where(np.all(cm == cm[:, :1], axis=1), cm[:, 0], np.nan).astype(float)
+                    if other
+                    else cm[:, 0].astype(float)
+                )
             return np.zeros(n)
         c = ctx.const(v)
         if c is not None and c.size and np.all(c == c.reshape(-1)[0]):

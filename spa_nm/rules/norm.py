@@ -47,7 +47,9 @@ def _link(a: Slot, b: Slot):
 @rule("BatchNormalization")
 def batch_norm(node, ctx: RuleContext) -> OpFacts:
     """Inference-mode BN: γ, β, running mean and variance are slices of the channel."""
-    if int(ctx.attr("training_mode", 0)) or any(o.uses() or o.is_graph_output() for o in node.outputs[1:]):
+    if int(ctx.attr("training_mode", 0)) or any(
+        o.uses() or o.is_graph_output() for o in node.outputs[1:]
+    ):
         return block(ctx, "BatchNormalization in training mode")
     return _per_channel(
         ctx, [(1, Role.NORM_SCALE), (2, Role.NORM_SHIFT), (3, Role.NORM_STAT), (4, Role.NORM_STAT)]

@@ -44,7 +44,11 @@ def pool(node, ctx: RuleContext) -> OpFacts:
     if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1].uses():
         return block(ctx, "MaxPool indices output is used")
     fn = None
-    if node.op_type == "AveragePool" and int(ctx.attr("count_include_pad", 0)) and any(ctx.attr("pads") or []):
+    if (
+        node.op_type == "AveragePool"
+        and int(ctx.attr("count_include_pad", 0))
+        and any(ctx.attr("pads") or [])
+    ):
         fn = lambda v: np.where(v == 0, 0.0, np.nan)  # noqa: E731
     if node.op_type in ("LpPool", "GlobalLpPool"):
         fn = lambda v: np.where(v == 0, 0.0, np.nan)  # noqa: E731
@@ -97,13 +101,19 @@ def reduce(node, ctx: RuleContext) -> OpFacts:
     n = 1
     for a in axes:
         n *= xs[a] if isinstance(xs[a], int) else 0
-    fns = {
+    fns = {  # the reduction of n copies of the constant v
         "ReduceMean": lambda v: v,
         "ReduceMax": lambda v: v,
         "ReduceMin": lambda v: v,
         "ReduceSum": lambda v: v * n,
+        "ReduceProd": lambda v: v**n,
+        "ReduceL1": lambda v: np.abs(v) * n,
+        "ReduceL2": lambda v: np.abs(v) * np.sqrt(n),
+        "ReduceSumSquare": lambda v: v * v * n,
+        "ReduceLogSum": lambda v: np.log(v * n),
+        "ReduceLogSumExp": lambda v: v + np.log(n),
     }
-    fn = fns.get(node.op_type, lambda v: np.where(v == 0, 0.0, np.nan))
+    fn = fns[node.op_type]
     facts.transfer = unary_transfer(facts.links, _sizes(ctx), fn)
     return facts
 
@@ -118,8 +128,12 @@ def softmax(node, ctx: RuleContext) -> OpFacts:
     default = -1 if ctx.opset >= 13 else 1
     axis = ctx.axis(x, int(ctx.attr("axis", default)))
     mixed = [axis] if ctx.opset >= 13 else list(range(axis, r))
-    return _keep(ctx, [a for a in range(r) if a not in mixed], f"{node.op_type} normalizes over it",
-                 lambda v: np.full_like(v, np.nan))
+    return _keep(
+        ctx,
+        [a for a in range(r) if a not in mixed],
+        f"{node.op_type} normalizes over it",
+        lambda v: np.full_like(v, np.nan),
+    )
 
 
 def _resize_fixup(node_name: str, y: str, sizes_index: int) -> Fixup:
@@ -162,7 +176,7 @@ def resize(node, ctx: RuleContext) -> OpFacts:
 @rule("Pad")
 def pad(node, ctx: RuleContext) -> OpFacts:
     """Axes padded by zero on both sides pass through."""
-    x, y = ctx.input(0), ctx.output(0)
+    x = ctx.input(0)
     r = ctx.rank(x)
     if r is None:
         return block(ctx, "input rank is unknown")
