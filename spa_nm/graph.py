@@ -31,6 +31,7 @@ import numpy as np
 import onnx_ir as ir
 from spa_nm.facts import Blocked, OpFacts, Param, Role, Slot
 from spa_nm.rules import RuleContext, lookup
+from spa_nm.rules._context import MAX_SLOT_ELEMENTS
 
 __all__ = [
     "ChannelGroup",
@@ -289,6 +290,9 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
     for ps in param_of:
         shape = view.shape(ps.value)
         slots[ps] = int(shape[ps.axes[0]])
+        if not 0 < slots[ps] <= MAX_SLOT_ELEMENTS:
+            frozen[ps.value].append(Blocked(ps.value, "shape", f"axis {ps.axes[0]} of {ps.value} has {slots[ps]} entries"))
+            slots[ps] = 1
 
     offsets, n = {}, 0
     for s in sorted(slots):
@@ -413,7 +417,8 @@ def _slot_size(view: ModelView, s: Slot) -> int | None:
     shape = view.shape(s.value)
     if shape is None or any(a >= len(shape) or not isinstance(shape[a], int) for a in s.axes):
         return None
-    return math.prod(shape[a] for a in s.axes)
+    n = math.prod(shape[a] for a in s.axes)
+    return n if 0 < n <= MAX_SLOT_ELEMENTS else None
 
 
 def _components(n: int, us: list[np.ndarray], vs: list[np.ndarray]) -> np.ndarray:

@@ -46,9 +46,10 @@ def _slice_scores(
         if p.role not in roles or key in seen:
             continue
         seen.add(key)
-        arr = np.asarray(dg.view.const(p.name), dtype=np.float64)
-        moved = np.moveaxis(arr, p.axis, 0).reshape(arr.shape[p.axis], -1)
-        per_index = fn(moved).sum(axis=1)
+        with np.errstate(all="ignore"):  # corrupt weights (inf, nan) rank last, quietly
+            arr = np.asarray(dg.view.const(p.name), dtype=np.float64)
+            moved = np.moveaxis(arr, p.axis, 0).reshape(arr.shape[p.axis], -1)
+            per_index = np.nan_to_num(fn(moved).sum(axis=1), nan=np.inf, posinf=np.inf)
         units = np.searchsorted(group.units, dg.elements(p.param_slot))
         np.add.at(total, units, per_index)
         np.add.at(count, units, 1)

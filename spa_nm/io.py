@@ -83,26 +83,33 @@ def _external_tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
 
 
 def _check_external_data(path: Path, proto: onnx.ModelProto) -> None:
+    """Every external tensor must live in a file inside the model's folder, with its bytes."""
     base = path.parent.resolve()
     for t in _external_tensors(proto):
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
-        if not loc or os.path.isabs(loc) or Path(loc).is_absolute():
+        if not loc:
+            raise InputError(f"{path}: external data of {t.name!r} has no location")
+        try:
+            if os.path.isabs(loc) or Path(loc).is_absolute():
+                raise InputError(f"{path}: external data of {t.name!r} has an absolute location {loc!r}")
+            target = (base / loc).resolve()
+            inside = base == target or base in target.parents
+            exists = inside and target.is_file()
+            size = target.stat().st_size if exists else 0
+            offset = int(info.get("offset", 0) or 0)
+            length = int(info["length"]) if info.get("length") else None
+        except (OSError, ValueError) as e:
             raise InputError(
-                f"{path}: external data of {t.name!r} has an absolute location {loc!r}"
-            )
-        target = (base / loc).resolve()
-        if base != target and base not in target.parents:
+                f"{path}: external data location of {t.name!r} is not a usable path ({_short(e)})"
+            ) from e
+        if not inside:
             raise InputError(
                 f"{path}: external data of {t.name!r} points outside the model folder ({loc!r})"
             )
-        if not target.is_file():
+        if not exists:
             raise InputError(f"{path}: external data file {loc!r} of {t.name!r} is missing")
-        offset = int(info.get("offset", 0) or 0)
-        length = info.get("length")
-        size = target.stat().st_size
-        nbytes = _nbytes(t)
-        need = offset + (int(length) if length else nbytes or 0)
+        need = offset + (length if length is not None else _nbytes(t) or 0)
         if offset < 0 or need > size:
             raise InputError(
                 f"{path}: external data of {t.name!r} is truncated ({loc!r} has {size} bytes, needs {need})"

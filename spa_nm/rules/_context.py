@@ -15,7 +15,11 @@ if TYPE_CHECKING:
 
     from spa_nm.graph import ModelView
 
-__all__ = ["RuleContext"]
+__all__ = ["MAX_SLOT_ELEMENTS", "RuleContext"]
+
+# A channel space larger than this is frozen instead of analysed element by element (a
+# declared dimension of 2**31 would otherwise exhaust memory).
+MAX_SLOT_ELEMENTS = 1 << 24
 
 
 class RuleContext:
@@ -91,7 +95,10 @@ class RuleContext:
         s = self.shape(slot.value)
         if s is None or any(not isinstance(s[a], int) for a in slot.axes):
             return None
-        return math.prod(s[a] for a in slot.axes)
+        n = math.prod(s[a] for a in slot.axes)
+        if n > MAX_SLOT_ELEMENTS:
+            raise ValueError(f"channel slot {slot} has {n} elements (limit {MAX_SLOT_ELEMENTS})")
+        return n
 
     def static(self, value: str | None) -> bool:
         s = self.shape(value)

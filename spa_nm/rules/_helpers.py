@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from spa_nm.facts import Blocked, Link, OpFacts, Slot
-from spa_nm.rules._context import RuleContext
+from spa_nm.rules._context import MAX_SLOT_ELEMENTS, RuleContext
 
 __all__ = [
     "block",
@@ -268,6 +268,9 @@ def _group_links(
     in_dims = [xs[k] for k in gi]
     out_dims = [ys[k] for k in go]
     n = math.prod(in_dims)
+    if n > MAX_SLOT_ELEMENTS:
+        facts.blocked.append(block(ctx, f"reshaped run of {n} elements is too large to analyse"))
+        return False
     if len(cin) > 1 or len(cout) > 1:
         facts.blocked.append(block(ctx, "reshape merges two channel axes"))
         return False
