@@ -21,9 +21,13 @@ def main() -> int:
 
     out = ROOT / "models" / "onnx"
     out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("*.onnx"), *out.glob("*.onnx.data")]:
+        if old.name.split(".")[0] not in SHIPPED:
+            old.unlink()
+            print(f"removed {old.relative_to(ROOT)}")
     total = 0
     for name in SHIPPED:
-        p = export_onnx(name, out / f"{name}.onnx", exporter="legacy")
+        p = export_onnx(name, out / f"{name}.onnx", exporter="legacy", external_data=False)
         size = p.stat().st_size
         total += size
         print(f"{p.relative_to(ROOT)}  {size / 1024:.0f} KB")

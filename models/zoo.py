@@ -1,6 +1,7 @@
 """Model families: each builder is small (< 1M params, 3x32x32 inputs) and covers one coupling
 pattern of METHODS.md §1.3. BatchNorm statistics and affine parameters are perturbed at build
-time so BN is never the identity."""
+time (`bn`, and the registry's wrapper for any BatchNorm left at its defaults) so BN is never
+the identity. Builders are called through ``ModelSpec.builder``, which seeds torch by name."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def cbr(
     )
 
 
-@register_model("plain_cnn", IMG, tags={"flatten", "gemm", "dropout", "prelu"})
+@register_model("plain_cnn", IMG, tags={"flatten", "gemm", "dropout", "prelu", "maxpool"})
 def plain_cnn():
     return nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.PReLU(16), nn.MaxPool2d(2),
@@ -40,7 +41,7 @@ def plain_cnn():
     )  # fmt: skip
 
 
-@register_model("vgg_bn", IMG, tags={"bn", "flatten", "avgpool"})
+@register_model("vgg_bn", IMG, tags={"bn", "flatten", "gemm", "maxpool", "avgpool"})
 def vgg_bn():
     return nn.Sequential(
         cbr(3, 16), cbr(16, 16), nn.MaxPool2d(2), cbr(16, 32), cbr(32, 32), nn.AvgPool2d(2),
@@ -91,7 +92,7 @@ class Classifier(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
-@register_model("resnet_basic", IMG, tags={"residual", "bn"})
+@register_model("resnet_basic", IMG, tags={"residual", "downsample", "bn", "gap", "gemm"})
 def resnet_basic():
     return Classifier(
         nn.Sequential(
@@ -101,7 +102,9 @@ def resnet_basic():
     )
 
 
-@register_model("resnet_bottleneck", IMG, tags={"residual", "bn", "bottleneck"})
+@register_model(
+    "resnet_bottleneck", IMG, tags={"residual", "downsample", "bn", "bottleneck", "gap", "gemm"}
+)
 def resnet_bottleneck():
     return Classifier(
         nn.Sequential(
@@ -114,7 +117,9 @@ def resnet_bottleneck():
     )
 
 
-@register_model("resnext", IMG, tags={"residual", "grouped", "bn"})
+@register_model(
+    "resnext", IMG, tags={"residual", "downsample", "grouped", "bn", "bottleneck", "gap", "gemm"}
+)
 def resnext():
     return Classifier(
         nn.Sequential(
@@ -158,7 +163,11 @@ class SqueezeExcite(nn.Module):
         return x * F.hardsigmoid(self.f2(F.relu(self.f1(s))))
 
 
-@register_model("mobilenet_v2", IMG, tags={"depthwise", "residual", "bn", "relu6"})
+@register_model(
+    "mobilenet_v2",
+    IMG,
+    tags={"depthwise", "depthwise_multiplier", "residual", "bn", "relu6", "gap", "gemm"},
+)
 def mobilenet_v2():
     return Classifier(nn.Sequential(
         cbr(3, 16, act=nn.ReLU6), InvertedResidual(16, 16, 1, 1), InvertedResidual(16, 24, 2, 4),
@@ -166,7 +175,11 @@ def mobilenet_v2():
     ), 64)  # fmt: skip
 
 
-@register_model("mobilenet_v3", IMG, tags={"depthwise", "se", "hardswish", "residual", "bn"})
+@register_model(
+    "mobilenet_v3",
+    IMG,
+    tags={"depthwise", "se", "hardswish", "hardsigmoid", "residual", "bn", "gap", "gemm"},
+)
 def mobilenet_v3():
     hs = nn.Hardswish
     return Classifier(nn.Sequential(
@@ -204,7 +217,9 @@ class ShuffleUnit(nn.Module):
         return channel_shuffle(out, 2)
 
 
-@register_model("shufflenet_v2", IMG, tags={"shuffle", "split", "concat", "depthwise", "bn"})
+@register_model(
+    "shufflenet_v2", IMG, tags={"shuffle", "split", "concat", "depthwise", "bn", "gap", "gemm"}
+)
 def shufflenet_v2():
     return Classifier(nn.Sequential(
         cbr(3, 24, 3, 2), ShuffleUnit(24, 48, 2), ShuffleUnit(48, 48, 1), ShuffleUnit(48, 96, 2), ShuffleUnit(96, 96, 1),
@@ -230,7 +245,7 @@ class DenseBlock(nn.Module):
         return x
 
 
-@register_model("densenet", IMG, tags={"concat", "bn"})
+@register_model("densenet", IMG, tags={"concat", "dense", "bn", "preact", "avgpool", "gap", "gemm"})
 def densenet():
     return Classifier(nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1, bias=False), DenseBlock(16, 8, 3), bn(40), nn.ReLU(), nn.Conv2d(40, 24, 1, bias=False),
@@ -266,7 +281,7 @@ class SqueezeNet(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(F.relu(self.head(self.f(x))), 1), 1)
 
 
-@register_model("squeezenet", IMG, tags={"concat", "fire"})
+@register_model("squeezenet", IMG, tags={"concat", "fire", "maxpool", "gap", "flatten"})
 def squeezenet():
     return SqueezeNet()
 
@@ -291,12 +306,16 @@ class UNet(nn.Module):
         return self.out(torch.cat([d, s], 1))
 
 
-@register_model("unet", IMG, tags={"concat", "convtranspose", "resize", "instancenorm", "pad"})
+@register_model(
+    "unet",
+    IMG,
+    tags={"concat", "skip", "convtranspose", "resize", "instancenorm", "pad", "slice", "bn"},
+)
 def unet():
     return UNet()
 
 
-@register_model("mlp", (1, 64), tags={"mlp", "gemm", "gelu"})
+@register_model("mlp", (1, 64), tags={"mlp", "gemm", "gelu", "dropout"})
 def mlp():
     return nn.Sequential(
         nn.Linear(64, 128),
