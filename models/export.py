@@ -13,7 +13,8 @@ What each exporter gives (torch 2.13, onnxscript 0.7):
   torch runs the onnxscript optimizer, whose rewrite rules fuse BatchNorm into the preceding
   Conv/ConvTranspose/Gemm; ``fold_bn=False`` exports unoptimized and runs the same clean-up
   without the BatchNorm fusion rules. Weights go to an external ``<path>.data`` file beside
-  the model by default (tensors of 1 KiB and more); ``external_data=False`` writes one file.
+  the model by default (tensors over 256 bytes, onnx-ir's threshold); ``external_data=False``
+  writes one file.
 
 Inputs are named ``input`` (``input_0``, ``input_1``.. for several), the output ``output``;
 shapes are static (batch 1).
@@ -90,12 +91,12 @@ def _optimize_keep_bn(model) -> None:
 
 
 def _externalize(path: Path) -> None:
-    """Move a single-file model's tensors of 1 KiB and more into ``<path>.data``."""
+    """Move a single-file model's tensors over 256 bytes into ``<path>.data`` (as dynamo does)."""
     import onnx
 
     proto = onnx.load(path)
     onnx.save_model(proto, path, save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_path(path).name, size_threshold=1024)  # fmt: skip
+                    location=data_path(path).name, size_threshold=257)  # fmt: skip
 
 
 def export_onnx(
