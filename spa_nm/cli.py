@@ -58,6 +58,7 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from spa_nm import __version__
     from spa_nm.importance import AGGREGATIONS, CRITERIA
+    from spa_nm.runtime import PROVIDERS
 
     p = argparse.ArgumentParser(
         prog="spa-nm",
@@ -134,6 +135,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pp.add_argument("--seed", type=int, default=0, help="seed of the random criterion (default: 0)")
     pp.add_argument("--report", metavar="FILE.json", help="write a JSON report")
+    pp.add_argument("--jobs", type=_positive, default=1, metavar="N", help="models pruned in parallel, each in its own process (default: 1)")
+    pp.add_argument("--dry-run", action="store_true", help="show what would be pruned; write no model")
+
+    pv = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="compare a candidate model with the original on the same inputs",
+        epilog="examples:\n  spa-nm verify model.onnx small.onnx\n  spa-nm verify model.onnx small.onnx --atol 1e-3 --data val.npz --json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pv.add_argument("original")
+    pv.add_argument("candidate")
+    pv.add_argument("--atol", type=float, default=1e-4, help="largest allowed absolute difference (default: 1e-4)")
+    pv.add_argument("--data", metavar="DATA.npz", help="inputs by name (or x_val of a training set); default: random")
+    pv.add_argument("--provider", choices=PROVIDERS, default="cpu", help="execution provider (default: cpu)")
+    pv.add_argument("--json", action="store_true", help="print JSON")
+
+    pb = sub.add_parser(
+        "bench",
+        parents=[common],
+        help="latency and throughput on onnxruntime, models interleaved",
+        epilog="examples:\n  spa-nm bench model.onnx small.onnx\n  spa-nm bench small.onnx --provider cuda --batch 8 --iters 500 --json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pb.add_argument("models", nargs="+", metavar="MODEL")
+    pb.add_argument("--provider", choices=PROVIDERS, default="auto", help="execution provider (default: auto)")
+    pb.add_argument("--batch", type=_positive, default=1, help="batch size for symbolic batch dims (default: 1)")
+    pb.add_argument("--threads", type=_positive, default=None, help="intra-op threads (default: onnxruntime's)")
+    pb.add_argument("--warmup", type=int, default=10, help="warm-up runs per model (default: 10)")
+    pb.add_argument("--iters", type=_positive, default=100, help="timed runs per model (default: 100)")
+    pb.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
@@ -146,11 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         else (logging.INFO if args.verbose or args.debug else logging.WARNING)
     )
     logging.basicConfig(level=level, format="spa-nm: %(levelname)s: %(message)s", stream=sys.stderr)
+    _sigterm_as_interrupt()
     try:
         if args.command == "inspect":
             return _inspect(args)
         if args.command == "prune":
             return _prune(args)
+        if args.command == "verify":
+            return _verify(args)
+        if args.command == "bench":
+            return _bench(args)
         parser.error(f"unknown command {args.command}")
     except SpaNmError as e:
         if args.debug:
@@ -160,6 +197,62 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spa-nm: interrupted", file=sys.stderr)
         return 130
+    return 0
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so temporary files are removed and finished outputs stay."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (embedded use)
+        pass
+
+
+# -- verify and bench -----------------------------------------------------------------------
+
+
+def _verify(args) -> int:
+    from spa_nm import runtime
+
+    for p in (args.original, args.candidate):
+        if not Path(p).is_file():
+            raise InputError(f"{p}: no such file")
+    rep = runtime.verify(args.original, args.candidate, atol=args.atol, data=args.data, provider=args.provider)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    elif not args.quiet:
+        for o in rep["outputs"]:
+            top1 = f", top-1 agreement {o['top1_agreement']:.1%}" if "top1_agreement" in o else ""
+            print(f"{o['name']}: max |diff| {o['max_abs_diff']:.3g}, mean {o['mean_abs_diff']:.3g}{top1}")
+        print(f"{'OK' if rep['ok'] else 'FAIL'}: max |diff| {rep['max_abs_diff']:.3g} (atol {args.atol:g}) on {rep['provider']}")
+    return 0 if rep["ok"] else 1
+
+
+def _bench(args) -> int:
+    from spa_nm import runtime
+
+    for p in args.models:
+        if not Path(p).is_file():
+            raise InputError(f"{p}: no such file")
+    res = runtime.bench(args.models, args.provider, args.batch, args.threads, args.warmup, args.iters)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in res], indent=2))
+        return 0
+    head = ("model", "provider", "batch", "median ms", "p90 ms", "samples/s", "session MB")
+    rows = [head] + [
+        (Path(r.path).name, r.provider, str(r.batch), f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput:.1f}", f"{r.session_mb:.1f}")
+        for r in res
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for k, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
     return 0
 
 
@@ -222,7 +315,7 @@ def _collect(inputs: list[str]) -> list[Path]:
     return unique
 
 
-def _targets(files: list[Path], output: str) -> list[Path]:
+def _targets(files: list[Path], output: str, create: bool = True) -> list[Path]:
     out = Path(output)
     single_file = len(files) == 1 and (out.suffix == ".onnx" or (out.exists() and out.is_file()))
     if single_file:
@@ -243,6 +336,8 @@ def _targets(files: list[Path], output: str) -> list[Path]:
         if f.exists() and t.exists() and os.path.samefile(f, t) or f.resolve() == t.resolve():
             raise InputError(f"{t}: output path is the input file; choose another output")
     folder = targets[0].parent
+    if not create:
+        return targets
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -252,71 +347,143 @@ def _targets(files: list[Path], output: str) -> list[Path]:
     return targets
 
 
-def _progress(items, args, desc: str):
+def _progress(items, args, desc: str, total: int | None = None):
+    """A progress bar on stderr when it is a terminal (None / the items otherwise)."""
     if args.quiet or not sys.stderr.isatty():
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=desc, unit="model", file=sys.stderr)
+    return tqdm(items, desc=desc, unit="model", file=sys.stderr, total=total)
+
+
+def _options(args) -> dict[str, Any]:
+    return {
+        "ratio": args.ratio,
+        "criterion": args.criterion,
+        "global_ranking": args.global_ranking,
+        "round_to": args.round_to,
+        "ignore": list(args.ignore),
+        "aggregation": args.aggregation,
+        "seed": args.seed,
+        "dry_run": args.dry_run,
+    }
+
+
+def prune_one(src: str, dst: str, opts: dict[str, Any], inputs: list[str], reraise: bool = False) -> dict[str, Any]:
+    """Load, prune and save one model; returns its report entry. Errors become the entry's
+    ``error`` (with ``reraise``, as under ``--debug``, they propagate)."""
+    from spa_nm import api, io
+
+    t0 = time.perf_counter()
+    entry: dict[str, Any] = {"input": str(src), "output": None if opts.get("dry_run") else str(dst)}
+    try:
+        model = api.load(src)
+        res = api.prune(
+            model,
+            opts["ratio"],
+            opts["criterion"],
+            global_ranking=opts["global_ranking"],
+            round_to=opts["round_to"],
+            ignore=tuple(opts["ignore"]),
+            aggregation=opts["aggregation"],
+            seed=opts["seed"],
+        )
+        if not opts.get("dry_run"):
+            io.save(res.model, dst, inputs=inputs)
+        entry.update({"status": "ok", "error": None, "exit_code": 0})
+        entry.update(res.report)
+    except SpaNmError as e:
+        if reraise:
+            raise
+        entry.update({"status": "error", "error": str(e), "exit_code": e.exit_code})
+    except Exception as e:  # a bug on one model must not stop the batch
+        if reraise:
+            raise
+        entry.update({"status": "error", "error": f"{src}: internal error: {type(e).__name__}: {e}", "exit_code": 1})
+    entry["seconds"] = round(time.perf_counter() - t0, 4)
+    return entry
+
+
+def _run_isolated(jobs: list[tuple[str, str]], opts, inputs: list[str], workers: int, args) -> list[dict[str, Any]]:
+    """One worker process per model, at most ``workers`` at a time: a crash or an
+    out-of-memory kill in one model becomes that model's error entry."""
+    import subprocess
+
+    pending = list(enumerate(jobs))
+    running: dict[int, tuple[subprocess.Popen, str]] = {}
+    done: dict[int, dict[str, Any]] = {}
+    bar = _progress(None, args, "pruning", total=len(jobs))
+    try:
+        while pending or running:
+            while pending and len(running) < workers:
+                k, (src, dst) = pending.pop(0)
+                payload = json.dumps({"src": str(src), "dst": str(dst), "opts": opts, "inputs": inputs})
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "spa_nm._worker"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                )  # fmt: skip
+                proc.stdin.write(payload)
+                proc.stdin.close()
+                running[k] = (proc, str(src))
+            for k, (proc, src) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                out = proc.stdout.read()
+                proc.stdout.close()
+                proc.stderr.close()
+                try:
+                    done[k] = json.loads(out.strip().splitlines()[-1])
+                except (ValueError, IndexError):
+                    why = f"worker died with signal {-proc.returncode}" if proc.returncode < 0 else f"worker exited with code {proc.returncode}"
+                    done[k] = {"input": src, "output": None, "status": "error", "error": f"{src}: {why}", "exit_code": 1}
+                del running[k]
+                if bar is not None:
+                    bar.update(1)
+            time.sleep(0.02)
+    finally:
+        for proc, _ in running.values():
+            proc.terminate()
+        if bar is not None:
+            bar.close()
+    return [done[k] for k in sorted(done)]
 
 
 def _prune(args) -> int:
-    from spa_nm import api, io
     from spa_nm.plan import PruneConfig
     from spa_nm.report import summary_table, write_json
 
-    PruneConfig(
-        args.ratio,
-        args.criterion,
-        args.global_ranking,
-        args.round_to,
-        tuple(args.ignore),
-        args.aggregation,
-    )
+    PruneConfig(args.ratio, args.criterion, args.global_ranking, args.round_to, tuple(args.ignore), args.aggregation)
     files = _collect(args.inputs)
-    targets = _targets(files, args.output)
+    targets = _targets(files, args.output, create=not args.dry_run)
     if args.report:
         rp = Path(args.report).resolve()
         if any(rp == f.resolve() for f in files):
             raise InputError(f"{args.report}: report path is an input file")
-    entries: list[dict[str, Any]] = []
-    worst = 0
-    for src, dst in _progress(list(zip(files, targets, strict=True)), args, "pruning"):
-        t0 = time.perf_counter()
-        entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
-        try:
-            model = api.load(src)
-            res = api.prune(
-                model,
-                args.ratio,
-                args.criterion,
-                global_ranking=args.global_ranking,
-                round_to=args.round_to,
-                ignore=tuple(args.ignore),
-                aggregation=args.aggregation,
-                seed=args.seed,
-            )
-            io.save(res.model, dst, inputs=files)
-            entry.update({"status": "ok", "error": None})
-            entry.update(res.report)
-        except SpaNmError as e:
-            if args.debug:
-                raise
-            worst = max(worst, e.exit_code)
-            entry.update({"status": "error", "error": str(e)})
-            print(f"spa-nm: error: {e}", file=sys.stderr)
-        except Exception as e:  # one model's crash must not stop the batch
-            if args.debug:
-                raise
-            worst = max(worst, 1)
-            entry.update({"status": "error", "error": f"{src}: {type(e).__name__}: {e}"})
-            print(f"spa-nm: error: {src}: {type(e).__name__}: {e}", file=sys.stderr)
-        entry["seconds"] = round(time.perf_counter() - t0, 4)
-        entries.append(entry)
+    opts = _options(args)
+    inputs = [str(f) for f in files]
+    jobs = list(zip(files, targets, strict=True))
+    if args.jobs > 1 and len(jobs) > 1:
+        entries = _run_isolated(jobs, opts, inputs, args.jobs, args)
+    else:
+        entries = []
+        for src, dst in _progress(jobs, args, "pruning"):
+            entries.append(prune_one(str(src), str(dst), opts, inputs, reraise=args.debug))
+    for e in entries:
+        if e["status"] != "ok":
+            print(f"spa-nm: error: {e['error']}", file=sys.stderr)
     if not args.quiet:
         print(summary_table(entries))
+        if args.dry_run:
+            print("dry run: no model written")
+        if args.verbose or args.dry_run:
+            for e in entries:
+                for b in e.get("blocked", [])[:20]:
+                    print(f"  {Path(e['input']).name}: blocked {b['node']} ({b['op']}): {b['reason']}")
+    worst = max((e.get("exit_code", 1) for e in entries if e["status"] != "ok"), default=0)
+    for e in entries:
+        e.pop("exit_code", None)
     if args.report:
         write_json({"models": entries}, args.report)
-    if len(files) == 1 and worst:
+    if len(files) == 1:
         return worst
     return 1 if worst else 0

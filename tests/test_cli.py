@@ -298,3 +298,153 @@ def test_import_does_not_load_torch_or_onnxruntime():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["False", "False"]
+
+
+# -- batch isolation, dry run, interruption, verify, bench ------------------------------------
+
+
+def test_jobs_match_serial_results(cnn_path, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for k in range(3):
+        shutil.copy(cnn_path, src / f"m{k}.onnx")
+    (src / "broken.onnx").write_bytes(b"\x08\x07garbage")
+    code, _, err = run_cli("prune", str(src), "-o", str(tmp_path / "par"), "--ratio", "0.5", "--jobs", "2",
+                           "--report", str(tmp_path / "par.json"), "-q")  # fmt: skip
+    assert code == 1 and "broken.onnx" in err
+    code2, _, _ = run_cli("prune", str(src), "-o", str(tmp_path / "ser"), "--ratio", "0.5",
+                          "--report", str(tmp_path / "ser.json"), "-q")  # fmt: skip
+    assert code2 == 1
+    par = json.loads((tmp_path / "par.json").read_text())["models"]
+    ser = json.loads((tmp_path / "ser.json").read_text())["models"]
+    key = lambda e: (Path(e["input"]).name, e["status"], e.get("params_after"))  # noqa: E731
+    assert sorted(map(key, par)) == sorted(map(key, ser))
+    for k in range(3):
+        assert (tmp_path / "par" / f"m{k}.onnx").read_bytes() == (tmp_path / "ser" / f"m{k}.onnx").read_bytes()
+
+
+def test_jobs_survive_a_crashing_worker(cnn_path, tmp_path, monkeypatch):
+    """A worker killed by a signal (as by the OOM killer) is one failed entry, not a dead batch."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(cnn_path, src / "a.onnx")
+    shutil.copy(cnn_path, src / "b.onnx")
+    hook = tmp_path / "sitecustomize.py"
+    hook.write_text(
+        "import os, sys\n"
+        "if sys.argv[-1:] == ['-m'] or 'spa_nm._worker' in ' '.join(sys.argv):\n"
+        "    data = sys.stdin.read()\n"
+        "    if 'b.onnx' in data.split('\"src\"')[1][:400]:\n"
+        "        os.kill(os.getpid(), 9)\n"
+        "    import io; sys.stdin = io.StringIO(data)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}")
+    p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "prune", str(src), "-o", str(tmp_path / "out"),
+                        "--ratio", "0.5", "--jobs", "2", "--report", str(tmp_path / "r.json"), "-q"],
+                       capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert p.returncode == 1
+    status = {Path(e["input"]).name: (e["status"], e["error"]) for e in json.loads((tmp_path / "r.json").read_text())["models"]}
+    assert status["a.onnx"][0] == "ok"
+    assert status["b.onnx"][0] == "error" and "signal 9" in status["b.onnx"][1]
+    assert (tmp_path / "out" / "a.onnx").exists() and not (tmp_path / "out" / "b.onnx").exists()
+
+
+def test_dry_run_writes_nothing(cnn_path, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli("prune", str(cnn_path), "-o", str(out / "o.onnx"), "--ratio", "0.5", "--dry-run",
+                              "--report", str(tmp_path / "r.json"))  # fmt: skip
+    assert code == 0 and "dry run" in stdout
+    assert not out.exists()
+    (entry,) = json.loads((tmp_path / "r.json").read_text())["models"]
+    assert entry["output"] is None and entry["params_after"] < entry["params_before"]
+
+
+def test_sigterm_mid_batch_leaves_no_partial_files(tmp_path):
+    """SIGTERM during a batch: finished outputs are complete models, nothing partial remains."""
+    import signal
+    import time as _time
+
+    from tests.helpers import model_from_text
+
+    big = """
+<ir_version: 8, opset_import: ["" : 13]>
+big (float[1, 64, 32, 32] input) => (float[1, 10] output)
+<float[512, 64, 3, 3] w1, float[512, 512, 3, 3] w2, float[512, 512, 3, 3] w3, float[10, 512] wf>
+{
+  a = Conv <pads = [1, 1, 1, 1]> (input, w1)
+  b = Conv <pads = [1, 1, 1, 1]> (a, w2)
+  c = Conv <pads = [1, 1, 1, 1]> (b, w3)
+  g = GlobalAveragePool (c)
+  f = Flatten (g)
+  output = Gemm <transB = 1> (f, wf)
+}
+"""
+    src = tmp_path / "in"
+    src.mkdir()
+    proto = model_from_text(big)
+    for k in range(12):
+        onnx.save(proto, src / f"m{k:02d}.onnx")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "prune", str(src), "-o", str(out), "--ratio", "0.5", "-q"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = _time.time() + 60
+    while _time.time() < deadline and not (out.exists() and any(out.glob("*.onnx"))):
+        _time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    leftovers = [p.name for p in out.iterdir() if not p.name.endswith(".onnx")]
+    assert not leftovers, leftovers
+    written = sorted(out.glob("*.onnx"))
+    assert 0 < len(written) < 12
+    for p in written:
+        onnx.checker.check_model(onnx.load(p), full_check=True)
+
+
+def test_verify_and_bench(cnn_path, tmp_path):
+    small = tmp_path / "small.onnx"
+    assert main(["prune", str(cnn_path), "-o", str(small), "--ratio", "0.0", "-q"]) == 0
+    code, out, _ = run_cli("verify", str(cnn_path), str(small), "--json")
+    rep = json.loads(out)
+    assert code == 0 and rep["ok"] and rep["max_abs_diff"] == 0.0
+    assert rep["outputs"][0]["top1_agreement"] == 1.0 and rep["provider"] == "cpu"
+    pruned = tmp_path / "p.onnx"
+    assert main(["prune", str(cnn_path), "-o", str(pruned), "--ratio", "0.5", "-q"]) == 0
+    code, out, _ = run_cli("verify", str(cnn_path), str(pruned))
+    assert code == 1 and "FAIL" in out  # pruning without fine-tuning changes the outputs
+    code, out, _ = run_cli("bench", str(cnn_path), str(pruned), "--iters", "5", "--warmup", "1", "--json")
+    res = json.loads(out)
+    assert code == 0 and [Path(r["path"]).name for r in res] == ["cnn.onnx", "p.onnx"]
+    assert all(r["median_ms"] > 0 and r["provider"] == "cpu" for r in res)
+
+
+def test_verify_rejects_different_signatures(cnn_path, tmp_path):
+    from tests.helpers import model_from_text
+
+    other = tmp_path / "other.onnx"
+    onnx.save(model_from_text(CNN_OTHER), other)
+    code, _, err = run_cli("verify", str(cnn_path), str(other))
+    assert code == 1
+    assert_one_line_error(err, "differ")
+
+
+def test_gpu_provider_where_none_runs(cnn_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    code, _, err = run_cli("bench", str(cnn_path), "--provider", "cuda", "--iters", "2")
+    assert code == 2
+    assert_one_line_error(err, "cuda", "not available")
+
+
+CNN_OTHER = """
+<ir_version: 8, opset_import: ["" : 13]>
+other (float[1, 3, 8, 8] x) => (float[1, 10] output)
+<float[10, 192] w>
+{
+  f = Flatten (x)
+  output = Gemm <transB = 1> (f, w)
+}
+"""
