@@ -76,10 +76,6 @@ def opset(path) -> int:
     return next(o.version for o in graph_of(path).opset_import if o.domain in ("", "ai.onnx"))
 
 
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("zoo_exports")
-
 
 # ---------------------------------------------------------------- registry
 

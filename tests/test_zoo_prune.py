@@ -20,17 +20,15 @@ from models.export import cached_export  # noqa: E402
 
 pytestmark = [pytest.mark.zoo, pytest.mark.torch]
 
-EXPORTERS = ("legacy", "dynamo")
+# "-bn" keeps BatchNormalization nodes (both exporters fold Conv+BN by default), so the
+# Conv -> BN coupling and the BN members are exercised too
+EXPORTERS = ("legacy", "dynamo", "legacy-bn", "dynamo-bn")
 CASES = [(name, exp) for name in models.list_models() for exp in EXPORTERS]
 
 
-@pytest.fixture(scope="session")
-def export_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("zoo_exports")
-
-
 def load_case(export_dir, name, exporter):
-    return spa_nm.load(cached_export(name, exporter, export_dir))
+    base, _, bn = exporter.partition("-")
+    return spa_nm.load(cached_export(name, base, export_dir, fold_bn=not bn))
 
 
 @pytest.mark.parametrize(("name", "exporter"), CASES, ids=[f"{n}-{e}" for n, e in CASES])
