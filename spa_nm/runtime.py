@@ -216,12 +216,17 @@ def bench(
     threads: int | None = None,
     warmup: int = 10,
     iters: int = 100,
+    provider_options: dict[str, Any] | None = None,
 ) -> list[BenchResult]:
-    """Median and p90 latency of each model, runs interleaved across models (machines are noisy)."""
+    """Median and p90 latency of each model, runs interleaved across models (machines are noisy).
+
+    ``provider_options`` maps a provider to its options, e.g.
+    ``{"tensorrt": {"trt_sparsity_enable": True}}``.
+    """
     sessions, feeds, mem = [], [], []
     for p in paths:
         before = _rss_mb()
-        s = open_session(p, provider, threads)
+        s = open_session(p, provider, threads, provider_options=provider_options)
         f = make_feeds(s, batch=batch)
         s.run(f)
         mem.append(max(0.0, _rss_mb() - before))
