@@ -13,7 +13,7 @@ from spa_nm import io
 from spa_nm.graph import DependencyGraph, analyze as _analyze
 from spa_nm.metrics import count
 from spa_nm.passes import fold_shape_arithmetic, remove_dead_nodes
-from spa_nm.plan import PruneConfig, PrunePlan, make_plan
+from spa_nm.plan import DEFAULT_ROUND_TO, PruneConfig, PrunePlan, make_plan
 from spa_nm.surgery import apply_plan, check_model
 
 __all__ = ["PruneResult", "analyze", "copy_model", "inspect", "load", "prune", "save"]
@@ -69,7 +69,7 @@ def prune(
     criterion: str = "l2",
     *,
     global_ranking: bool = False,
-    round_to: int = 1,
+    round_to: int = DEFAULT_ROUND_TO,
     ignore: tuple[str, ...] | list[str] = (),
     aggregation: str = "sum",
     seed: int = 0,

@@ -58,6 +58,7 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from spa_nm import __version__
     from spa_nm.importance import AGGREGATIONS, CRITERIA
+    from spa_nm.plan import DEFAULT_ROUND_TO
     from spa_nm.runtime import PROVIDERS
 
     p = argparse.ArgumentParser(
@@ -122,9 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument(
         "--round-to",
         type=_positive,
-        default=1,
+        default=DEFAULT_ROUND_TO,
         metavar="K",
-        help="keep channel counts multiples of K (default: 1)",
+        help="keep surviving channel counts multiples of K; odd counts can run slower than "
+        f"dense (default: {DEFAULT_ROUND_TO})",
     )
     pp.add_argument(
         "--ignore",

@@ -74,9 +74,17 @@ def test_residual_group_is_pruned_together_and_exactly(tmp_path):
 
 def test_local_ratio_removes_floor_of_each_group(tmp_path):
     m = load_text(tmp_path, RESIDUAL)
-    res = spa_nm.prune(m, 0.3)
+    res = spa_nm.prune(m, 0.3, round_to=1)
     # 16 -> 16 - floor(4.8) = 12; 32 -> 32 - floor(9.6) = 23
     assert channels(res.model, "w0") == 12 and channels(res.model, "w3") == 23
+    assert_prune_equivalent(m, res)
+
+
+def test_default_round_to_is_eight(tmp_path):
+    m = load_text(tmp_path, RESIDUAL)
+    res = spa_nm.prune(m, 0.3)
+    assert channels(res.model, "w3") == 24  # 32 - floor(9.6) = 23 survivors, rounded up to 24
+    assert channels(res.model, "w0") == 16  # 12 survivors round up to 16: the group stays whole
     assert_prune_equivalent(m, res)
 
 
@@ -93,7 +101,7 @@ def test_global_ranking_hits_the_total_ratio(tmp_path):
     m = load_text(tmp_path, RESIDUAL)
     dg = spa_nm.analyze(m)
     total = sum(g.size for g in dg.prunable_groups)
-    res = spa_nm.prune(m, 0.5, global_ranking=True)
+    res = spa_nm.prune(m, 0.5, global_ranking=True, round_to=1)
     assert res.report["channels_removed"] == total // 2
     assert_prune_equivalent(m, res)
 
@@ -102,7 +110,7 @@ def test_global_ranking_removes_the_weak_layer_first(tmp_path):
     rng = np.random.default_rng(1)
     w1 = (rng.standard_normal((16, 16, 3, 3)) * 1e-3).astype(np.float32)  # a nearly dead layer
     m = load_text(tmp_path, RESIDUAL, w1=w1)
-    res = spa_nm.prune(m, 0.2, global_ranking=True)
+    res = spa_nm.prune(m, 0.2, global_ranking=True, round_to=1)
     # scores are normalized per group, so the allocation is not simply "all of w1"
     assert res.report["channels_removed"] == (16 + 16 + 32) // 5
     assert_prune_equivalent(m, res)
@@ -113,7 +121,7 @@ def test_ignore_pattern_freezes_groups(tmp_path):
     dg = spa_nm.analyze(m, ignore=["Conv_0"])
     names = {n for g in dg.groups if g.prunable for n in g.nodes}
     assert "Conv_0" not in names
-    res = spa_nm.prune(m, 0.5, ignore=["Conv_0"])
+    res = spa_nm.prune(m, 0.5, ignore=["Conv_0"], round_to=1)
     assert channels(res.model, "w1") == 8  # untouched
     assert channels(res.model, "w2") == 6  # the other group still pruned
     assert_prune_equivalent(m, res)
@@ -129,7 +137,7 @@ def test_zero_channel_goes_first(tmp_path, criterion):
     w2 = rng.standard_normal((12, 8, 3, 3)).astype(np.float32)
     w2[:, 5] = 0.0  # the whole group vector of channel 5 is zero (bn reads the scale alone)
     m = load_text(tmp_path, CNN, w1=w1, scale=scale, w2=w2)
-    res = spa_nm.prune(m, 1 / 8 + 1e-9, criterion=criterion)  # remove exactly one of 8
+    res = spa_nm.prune(m, 1 / 8 + 1e-9, criterion=criterion, round_to=1)  # remove one of 8
     kept_w1 = res.model.graph.initializers["w1"].const_value.numpy()
     assert kept_w1.shape[0] == 7
     assert not np.any(np.all(kept_w1 == 0, axis=(1, 2, 3))), "the zero channel survived"
