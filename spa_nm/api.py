@@ -37,9 +37,10 @@ def load(path: str | os.PathLike) -> ir.Model:
     return io.load(path)
 
 
-def save(model: ir.Model, path: str | os.PathLike, *, inputs=()) -> None:
-    """Save atomically; refuses to overwrite any of ``inputs``."""
-    io.save(model, path, inputs=inputs)
+def save(model: ir.Model, path: str | os.PathLike, *, inputs=(), external_data: bool | None = None) -> None:
+    """Save atomically; refuses to overwrite any of ``inputs``. Weights go to ``<path>.data``
+    when ``external_data`` is True or (default) when the model had external data or is > 2 GB."""
+    io.save(model, path, inputs=inputs, external_data=external_data)
 
 
 def analyze(model: ir.Model, ignore=()) -> DependencyGraph:

@@ -14,7 +14,7 @@ import onnx
 import onnx_ir as ir
 from spa_nm.errors import InputError
 
-__all__ = ["check_output_path", "infer_shapes", "load", "save"]
+__all__ = ["check_output_path", "infer_shapes", "load", "save", "to_proto_with_data"]
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,18 @@ def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike
 
 
 def save(
-    model: ir.Model, path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike] = ()
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    external_data: bool | None = None,
 ) -> Path:
     """Write ``model`` atomically: to a temporary file in the same folder, then rename.
 
-    Models over 2 GB are written with their weights in ``<name>.data`` beside the file; the
-    data file is moved into place first and the model file last.
+    Weights go to ``<name>.data`` beside the file when ``external_data`` is True, or, by
+    default, when the model came with external data or is over 2 GB; the data file is moved into
+    place first and the model file last. Refuses to overwrite an input or the external data the
+    model is still reading from.
     """
     out = check_output_path(path, inputs)
     folder = out.parent
@@ -177,13 +183,19 @@ def save(
         raise InputError(f"{out}: cannot create the output folder ({e.strerror})") from e
     if not os.access(folder, os.W_OK):
         raise InputError(f"{out}: output folder is not writable")
-    big = _model_bytes(model) > _TWO_GB - (64 << 20)
+    sources = _external_sources(model)
+    if external_data is None:
+        external_data = bool(sources) or _model_bytes(model) > _TWO_GB - (64 << 20)
+    data_name = out.name + ".data"
+    if external_data and (folder / data_name).resolve() in sources:
+        raise InputError(f"{out}: would overwrite {data_name}, which holds the input's weights")
     tmpdir = Path(tempfile.mkdtemp(prefix=".spa_nm-", dir=folder))
     try:
         tmp_model = tmpdir / out.name
-        if big:
-            data_name = out.name + ".data"
-            ir.save(model, tmp_model, external_data=data_name)
+        if external_data:
+            # threshold 0: every tensor goes to the data file, none is loaded and released
+            # (releasing a memory map fails while the input model still views it)
+            ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=0)
             os.replace(tmpdir / data_name, folder / data_name)
         else:
             _materialize(model)
@@ -197,6 +209,27 @@ def save(
                 f.unlink()
         with contextlib.suppress(OSError):
             tmpdir.rmdir()
+    return out
+
+
+def to_proto_with_data(model: ir.Model) -> onnx.ModelProto:
+    """The model as a ModelProto with every external tensor's bytes inside (the model itself is
+    left as it is)."""
+    proto = ir.serde.serialize_model(model)
+    for i, t in enumerate(proto.graph.initializer):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            arr = model.graph.initializers[t.name].const_value.numpy()
+            proto.graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(arr, t.name))
+    return proto
+
+
+def _external_sources(model: ir.Model) -> set[Path]:
+    """Resolved paths of the files the model's external tensors are read from."""
+    out = set()
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if isinstance(t, ir.ExternalTensor):
+            out.add((Path(t.base_dir or ".") / t.location).resolve())
     return out
 
 

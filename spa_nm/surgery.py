@@ -250,10 +250,9 @@ def check_model(model: ir.Model, what: str = "pruned model") -> None:
     )
     if total > 2**31 - 1 - (64 << 20):
         return  # the in-memory checker cannot take >2 GB
-    for v in model.graph.initializers.values():
-        if isinstance(v.const_value, ir.ExternalTensor):
-            v.const_value = ir.tensor(v.const_value.numpy(), name=v.name)
-    proto = ir.serde.serialize_model(model)
+    from spa_nm.io import to_proto_with_data
+
+    proto = to_proto_with_data(model)  # the model keeps its external tensors
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:

@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from spa_nm.api import PruneResult, copy_model
 from spa_nm.facts import Role
+from spa_nm.io import to_proto_with_data
 
 __all__ = ["assert_prune_equivalent", "random_feeds", "run", "zeroed_copy"]
 
@@ -52,20 +53,9 @@ def run(model: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    proto = ir.serde.serialize_model(model)
-    _embed_external_data(model, proto)
+    proto = to_proto_with_data(model)
     sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
-
-
-def _embed_external_data(model: ir.Model, proto) -> None:
-    """Put external tensors' bytes into ``proto`` (ORT cannot resolve them from bytes)."""
-    import onnx
-
-    for i, t in enumerate(proto.graph.initializer):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            arr = model.graph.initializers[t.name].const_value.numpy()
-            proto.graph.initializer[i].CopyFrom(onnx.numpy_helper.from_array(arr, t.name))
 
 
 def zeroed_copy(original: ir.Model, result: PruneResult) -> ir.Model:

@@ -195,3 +195,39 @@ def test_save_refuses_to_overwrite_an_input(tmp_path):
     m = spa_nm.load(p)
     with pytest.raises(spa_nm.InputError):
         spa_nm.save(m, p, inputs=[p])
+
+
+def test_external_data_round_trip(tmp_path):
+    """A model with external data is written back with external data, and prunes exactly."""
+    proto = model_from_text(RESIDUAL)
+    src = tmp_path / "in" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save(proto, src, save_as_external_data=True, location="weights.bin", size_threshold=0)
+    m = spa_nm.load(src)
+    res = spa_nm.prune(m, 0.5)
+    assert_prune_equivalent(m, res)
+    out = tmp_path / "out" / "m.onnx"
+    spa_nm.save(res.model, out)
+    assert (tmp_path / "out" / "m.onnx.data").exists()
+    q = onnx.load(out, load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in q.graph.initializer)
+    onnx.checker.check_model(str(out), full_check=True)
+    back = spa_nm.load(out)
+    from spa_nm.testing import random_feeds, run
+
+    feeds = random_feeds(back)
+    for a, b in zip(run(res.model, feeds), run(back, feeds), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # forcing a single file works too
+    single = tmp_path / "single.onnx"
+    spa_nm.save(back, single, external_data=False)
+    assert not (tmp_path / "single.onnx.data").exists()
+
+
+def test_save_refuses_to_overwrite_the_input_weights(tmp_path):
+    proto = model_from_text(RESIDUAL)
+    src = tmp_path / "a.onnx"
+    onnx.save(proto, src, save_as_external_data=True, location="b.onnx.data", size_threshold=0)
+    m = spa_nm.load(src)
+    with pytest.raises(spa_nm.InputError, match="holds the input's weights"):
+        spa_nm.save(spa_nm.prune(m, 0.5).model, tmp_path / "b.onnx")
