@@ -3,7 +3,7 @@
 ``import spa_nm`` never imports torch or onnxruntime.
 """
 
-from spa_nm.api import PruneResult, analyze, inspect, load, prune, save
+from spa_nm.api import PruneResult, analyze, inspect, load, prune, save, sparsify
 from spa_nm.errors import ConfigError, InputError, SpaNmError
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "load",
     "prune",
     "save",
+    "sparsify",
 ]
 __version__ = "0.1.0"

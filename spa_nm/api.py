@@ -16,7 +16,7 @@ from spa_nm.passes import fold_shape_arithmetic, remove_dead_nodes
 from spa_nm.plan import DEFAULT_ROUND_TO, PruneConfig, PrunePlan, make_plan
 from spa_nm.surgery import apply_plan, check_model
 
-__all__ = ["PruneResult", "analyze", "copy_model", "inspect", "load", "prune", "save"]
+__all__ = ["PruneResult", "analyze", "copy_model", "inspect", "load", "prune", "save", "sparsify"]
 
 
 @dataclass
@@ -140,3 +140,16 @@ def inspect(model: ir.Model) -> dict[str, Any]:
         "blocked": _blocked_list(dg),
         "prunable_groups": len(dg.prunable_groups),
     }
+
+
+def sparsify(model: ir.Model, pattern, ignore: tuple[str, ...] | list[str] = ()) -> tuple[ir.Model, dict[str, Any]]:
+    """N:M masks on every weight along its reduction axis (``pattern``: "2:4" or an NMSpec).
+
+    Returns a new model (the input is untouched) and the report.
+    """
+    from spa_nm.nm import NMSpec, sparsify as _sparsify
+
+    spec = pattern if isinstance(pattern, NMSpec) else NMSpec.parse(pattern)
+    model, report = _sparsify(model, spec, tuple(ignore))
+    check_model(model, "sparsified model")
+    return model, report

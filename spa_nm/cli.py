@@ -140,6 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--jobs", type=_positive, default=1, metavar="N", help="models pruned in parallel, each in its own process (default: 1)")
     pp.add_argument("--dry-run", action="store_true", help="show what would be pruned; write no model")
 
+    ps = sub.add_parser(
+        "sparsify",
+        parents=[common],
+        help="N:M fine-grained sparsity on Conv/ConvTranspose/Gemm/MatMul weights",
+        epilog="examples:\n  spa-nm sparsify model.onnx -o sparse.onnx --pattern 2:4\n"
+        "  spa-nm sparsify pruned/ -o sparse/ --pattern 1:8 --ignore '*fc*' --report sparse/report.json\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ps.add_argument("inputs", nargs="+", metavar="INPUT", help="ONNX files and/or folders (searched for *.onnx)")
+    ps.add_argument("-o", "--output", required=True, help="output file (one input file) or folder")
+    ps.add_argument("--pattern", required=True, metavar="N:M", help="keep N of every M weights along the reduction axis, e.g. 2:4, 1:8")
+    ps.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="node names or wildcard patterns to leave dense")
+    ps.add_argument("--report", metavar="FILE.json", help="write a JSON report")
+
     pv = sub.add_parser(
         "verify",
         parents=[common],
@@ -186,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             return _inspect(args)
         if args.command == "prune":
             return _prune(args)
+        if args.command == "sparsify":
+            return _sparsify(args)
         if args.command == "verify":
             return _verify(args)
         if args.command == "bench":
@@ -199,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("spa-nm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return 0
 
 
@@ -356,6 +376,61 @@ def _progress(items, args, desc: str, total: int | None = None):
     from tqdm import tqdm
 
     return tqdm(items, desc=desc, unit="model", file=sys.stderr, total=total)
+
+
+def _sparsify(args) -> int:
+    from spa_nm import api, io
+    from spa_nm.nm import NMSpec
+    from spa_nm.report import write_json
+
+    spec = NMSpec.parse(args.pattern)
+    files = _collect(args.inputs)
+    targets = _targets(files, args.output)
+    inputs = [str(f) for f in files]
+    entries, worst = [], 0
+    for src, dst in _progress(list(zip(files, targets, strict=True)), args, "sparsifying"):
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"input": str(src), "output": str(dst)}
+        try:
+            model, rep = api.sparsify(api.load(src), spec, ignore=tuple(args.ignore))
+            io.save(model, dst, inputs=inputs)
+            entry.update({"status": "ok", "error": None, **rep})
+        except SpaNmError as e:
+            if args.debug:
+                raise
+            worst = max(worst, e.exit_code)
+            entry.update({"status": "error", "error": str(e)})
+            print(f"spa-nm: error: {e}", file=sys.stderr)
+        except Exception as e:  # one model's bug must not stop the batch
+            if args.debug:
+                raise
+            worst = max(worst, 1)
+            entry.update({"status": "error", "error": f"{src}: internal error: {type(e).__name__}: {e}"})
+            print(f"spa-nm: error: {entry['error']}", file=sys.stderr)
+        entry["seconds"] = round(time.perf_counter() - t0, 4)
+        entries.append(entry)
+    if not args.quiet:
+        head = ("model", "status", "pattern", "layers sparsified/skipped", "sparsity", "s")
+        rows = [head]
+        for e in entries:
+            ok = e["status"] == "ok"
+            rows.append((Path(e["input"]).name, e["status"], str(spec),
+                         f"{len(e['layers_sparsified'])}/{len(e['layers_skipped'])}" if ok else e["error"][:50],
+                         f"{e['sparsity']:.1%}" if ok else "", f"{e['seconds']:.2f}"))  # fmt: skip
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        for k, r in enumerate(rows):
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            if k == 0:
+                print("  ".join("-" * w for w in widths))
+        if args.verbose:
+            for e in entries:
+                for sk in e.get("layers_skipped", []):
+                    print(f"  {Path(e['input']).name}: skipped {sk['node']} ({sk['op']}): {sk['reason']}")
+    if args.report:
+        write_json({"models": entries}, args.report)
+    if len(files) == 1:
+        return worst
+    return 1 if worst else 0
 
 
 def _options(args) -> dict[str, Any]:

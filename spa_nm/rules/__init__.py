@@ -11,6 +11,6 @@ from spa_nm.rules import (  # noqa: F401  (registration side effects)
     shape,
 )
 from spa_nm.rules._context import RuleContext
-from spa_nm.rules._registry import RuleEntry, lookup, macs_of, rule, supported_ops
+from spa_nm.rules._registry import RuleEntry, lookup, macs_of, nm_axis_of, rule, supported_ops
 
-__all__ = ["RuleContext", "RuleEntry", "lookup", "macs_of", "rule", "supported_ops"]
+__all__ = ["RuleContext", "RuleEntry", "lookup", "macs_of", "nm_axis_of", "rule", "supported_ops"]

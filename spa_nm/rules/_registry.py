@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from spa_nm.rules._context import RuleContext
 
-__all__ = ["RuleEntry", "lookup", "macs_of", "rule", "supported_ops"]
+__all__ = ["RuleEntry", "lookup", "macs_of", "nm_axis_of", "rule", "supported_ops"]
 
 RuleFn = "Callable[[ir.Node, RuleContext], OpFacts | Blocked]"
 MacsFn = "Callable[[ir.Node, RuleContext], int]"
@@ -32,6 +32,8 @@ class RuleEntry:
     hi: int
     fn: Callable[..., object]
     macs: Callable[..., int] | None
+    # (input index, axis) of the weight and its reduction axis, for N:M blocks; None: no weight
+    nm_axis: Callable[..., tuple[int, int] | None] | None = None
 
 
 _RULES: dict[tuple[str, str], list[RuleEntry]] = {}
@@ -46,6 +48,7 @@ def rule(
     domain: str = "",
     opsets: tuple[int, int | None] = (1, None),
     macs: Callable[..., int] | None = None,
+    nm_axis: Callable[..., tuple[int, int] | None] | None = None,
 ) -> Callable[[Callable[..., object]], Callable[..., object]]:
     """Register ``fn`` as the rule of ``op_types`` for opsets ``lo <= v <= hi`` (None: open)."""
     lo, hi = opsets[0], _MAX_OPSET if opsets[1] is None else opsets[1]
@@ -61,7 +64,7 @@ def rule(
                         f"rule for {domain or 'ai.onnx'}::{op_type} opsets {lo}-{hi} overlaps "
                         f"{other.fn.__module__}.{other.fn.__name__} ({other.lo}-{other.hi})"
                     )
-            _RULES.setdefault(key, []).append(RuleEntry(key[0], op_type, lo, hi, fn, macs))
+            _RULES.setdefault(key, []).append(RuleEntry(key[0], op_type, lo, hi, fn, macs, nm_axis))
         return fn
 
     return register
@@ -81,6 +84,14 @@ def macs_of(node: ir.Node, ctx: RuleContext) -> int:
     if entry is None or entry.macs is None:
         return 0
     return int(entry.macs(node, ctx))
+
+
+def nm_axis_of(node: ir.Node, ctx: RuleContext) -> tuple[int, int] | None:
+    """(weight input index, reduction axis) of ``node`` for N:M sparsity, or None."""
+    entry = lookup(node.domain, node.op_type, ctx.opset)
+    if entry is None or entry.nm_axis is None:
+        return None
+    return entry.nm_axis(node, ctx)
 
 
 def supported_ops() -> list[RuleEntry]:

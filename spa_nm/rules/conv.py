@@ -61,7 +61,17 @@ def _pads_zero(ctx: RuleContext) -> bool:
     return all(p == 0 for p in (ctx.attr("pads") or []))
 
 
-@rule("Conv", macs=_conv_macs)
+def _conv_nm(node, ctx: RuleContext):
+    """W [C_out, C_in/g, k...]: blocks run along C_in/g at each (out, k...) (METHODS.md §2.1)."""
+    return (1, 1)
+
+
+def _convt_nm(node, ctx: RuleContext):
+    """W [C_in, C_out/g, k...]: each output sums over C_in, axis 0."""
+    return (1, 0)
+
+
+@rule("Conv", macs=_conv_macs, nm_axis=_conv_nm)
 def conv(node, ctx: RuleContext) -> OpFacts:
     x, w, b, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
     ws, xs = ctx.shape(w), ctx.shape(x)
@@ -120,7 +130,7 @@ def _convt_group_fixup(node_name: str, x: str) -> Fixup:
     return _group_fixup(node_name, x)
 
 
-@rule("ConvTranspose", macs=_convt_macs)
+@rule("ConvTranspose", macs=_convt_macs, nm_axis=_convt_nm)
 def conv_transpose(node, ctx: RuleContext) -> OpFacts:
     """W is [C_in, C_out/g, k...]: axis 0 follows the input, axis 1 the output (per group)."""
     x, w, b, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)

@@ -35,7 +35,18 @@ def _matmul_macs(node, ctx: RuleContext) -> int:
     return math.prod(ys) * a[-1]
 
 
-@rule("Gemm", macs=_gemm_macs)
+def _gemm_nm(node, ctx: RuleContext):
+    """B is [K, N] (transB=0) or [N, K] (transB=1): blocks run along K."""
+    return (1, 1 if int(ctx.attr("transB", 0)) else 0)
+
+
+def _matmul_nm(node, ctx: RuleContext):
+    """A constant right operand [..., K, N]: blocks run along K."""
+    r = ctx.rank(ctx.input(1))
+    return None if r is None or r < 2 else (1, r - 2)
+
+
+@rule("Gemm", macs=_gemm_macs, nm_axis=_gemm_nm)
 def gemm(node, ctx: RuleContext) -> OpFacts:
     a, b, c, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
     if not ctx.is_param(b):
@@ -82,7 +93,7 @@ def _gemm_fold(b: str, c: str | None, trans_b: int, alpha: float, beta: float, y
     return fold
 
 
-@rule("MatMul", macs=_matmul_macs)
+@rule("MatMul", macs=_matmul_macs, nm_axis=_matmul_nm)
 def matmul(node, ctx: RuleContext) -> OpFacts:
     a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)
     if not ctx.is_param(b):
