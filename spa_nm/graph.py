@@ -97,7 +97,9 @@ class ModelView:
             return self._consts[name]
         v = self.values.get(name)
         arr = None
-        if v is not None and not v.is_graph_input():
+        # an initializer listed as a graph input (every weight of an IR < 4 model) is a default
+        # value: it is read as a constant, and keeps its place in the inputs with its new shape
+        if v is not None and (v.const_value is not None or not v.is_graph_input()):
             if v.const_value is not None:
                 arr = v.const_value.numpy()
             else:
@@ -109,12 +111,7 @@ class ModelView:
 
     def is_param(self, name: str) -> bool:
         v = self.values.get(name)
-        return (
-            v is not None
-            and not v.is_graph_input()
-            and not v.is_graph_output()
-            and self.const(name) is not None
-        )
+        return v is not None and not v.is_graph_output() and self.const(name) is not None
 
     def consumers(self, name: str) -> list[ir.Node]:
         v = self.values.get(name)
@@ -253,7 +250,8 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
             for v in b.values:
                 frozen[v].append(b)
     for name in view.graph_inputs:
-        frozen[name].append(Blocked(name, "graph input", "graph inputs keep their shape"))
+        if name not in view.model.graph.initializers:
+            frozen[name].append(Blocked(name, "graph input", "graph inputs keep their shape"))
     for name in view.graph_outputs:
         frozen[name].append(Blocked(name, "graph output", "graph outputs keep their shape"))
     _freeze_subgraph_captures(view, frozen)
@@ -484,10 +482,8 @@ def _check_shared_params(view: ModelView, grp: ChannelGroup, facts) -> None:
                         f"constant {name} is also read here, unpruned",
                     )
                 )
-        if name in view.graph_outputs or name in view.graph_inputs:
-            grp.blocked.append(
-                Blocked(name, "graph output", f"constant {name} is a graph input/output")
-            )
+        if name in view.graph_outputs:
+            grp.blocked.append(Blocked(name, "graph output", f"constant {name} is a graph output"))
 
 
 def _check_composites(grp: ChannelGroup, labels, offsets, view: ModelView) -> None:

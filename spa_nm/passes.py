@@ -16,7 +16,7 @@ import onnx.reference
 
 import onnx_ir as ir
 
-__all__ = ["fold_shape_arithmetic", "remove_dead_nodes"]
+__all__ = ["add_initializer", "fold_shape_arithmetic", "remove_dead_nodes"]
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,13 @@ _FOLDABLE = {
     "ReduceSum", "ReduceMax", "ReduceMin", "NonZero", "Pow", "Clip",
 }  # fmt: skip
 _MAX_ELEMENTS = 4096
+_MAX_FILL_ELEMENTS = 1 << 28  # 1 GB of float32
 
 
 def _const_of(v: ir.Value, known: dict[str, np.ndarray]) -> np.ndarray | None:
     if v.name in known:
         return known[v.name]
-    if v.const_value is not None and not v.is_graph_input():
+    if v.const_value is not None:  # an initializer (also when listed as an IR < 4 input)
         if v.const_value.size <= _MAX_ELEMENTS:
             arr = v.const_value.numpy()
             known[v.name] = arr
@@ -60,12 +61,21 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
             node.op_type == "Identity"
             and src is not None
             and src.const_value is not None
-            and not src.is_graph_input()
         ):
             # exporters deduplicate equal weights through Identity: give each its own
             # initializer (same tensor object, no copy) so they prune independently
-            _replace_with_initializer(g, out, src.const_value)
+            _replace_with_initializer(model, out, src.const_value)
             folded += 1
+            continue
+        if node.op_type == "ConstantOfShape" and src is not None and _const_of(src, known) is not None:
+            # a tensor filled with one value (some converters build weights this way): fold
+            # it whatever its size, up to a cap, sharing no memory with anything else
+            shape = [int(d) for d in _const_of(src, known).reshape(-1)]
+            if 0 <= int(np.prod(shape)) <= _MAX_FILL_ELEMENTS:
+                attr = node.attributes.get("value")
+                fill = attr.value.numpy().reshape(-1) if attr is not None else np.zeros(1, np.float32)
+                _replace_with_initializer(model, out, np.full(shape, fill[0], dtype=fill.dtype))
+                folded += 1
             continue
         if node.op_type == "Shape":
             arr = _static_shape(node)
@@ -82,7 +92,7 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
         known[out.name] = arr
         if node.op_type == "Constant":
             continue
-        _replace_with_initializer(g, out, arr)
+        _replace_with_initializer(model, out, arr)
         folded += 1
     if folded:
         remove_dead_nodes(model)
@@ -134,14 +144,21 @@ def _evaluate(node: ir.Node, inputs: list[np.ndarray | None], opset: int) -> np.
         return None
 
 
-def _replace_with_initializer(g: ir.Graph, out: ir.Value, arr) -> None:
+def _replace_with_initializer(model: ir.Model, out: ir.Value, arr) -> None:
     name = out.name
     out.name = f"{name}__computed"
     tensor = arr if not isinstance(arr, np.ndarray) else ir.tensor(arr, name=name)
     nv = ir.Value(name=name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype))
     nv.const_value = tensor
-    g.register_initializer(nv)
+    add_initializer(model, nv)
     out.replace_all_uses_with(nv)
+
+
+def add_initializer(model: ir.Model, value: ir.Value) -> None:
+    """Register a new initializer; IR < 4 also lists every initializer as a graph input."""
+    model.graph.register_initializer(value)
+    if model.ir_version < 4:
+        model.graph.inputs.append(value)
 
 
 def remove_dead_nodes(model: ir.Model) -> None:

@@ -19,6 +19,7 @@ import onnx_ir as ir
 from spa_nm.errors import SurgeryError
 from spa_nm.facts import Blocked, FixInfo, Slot
 from spa_nm.graph import DependencyGraph, composite_axis, node_label
+from spa_nm.passes import add_initializer
 from spa_nm.plan import PrunePlan
 
 __all__ = ["apply_plan", "check_model"]
@@ -51,7 +52,7 @@ class _Consts:
             type=ir.TensorType(ir.DataType.from_numpy(delta.dtype)),
         )
         value.const_value = ir.tensor(delta, name=name)
-        self.dg.view.model.graph.register_initializer(value)
+        add_initializer(self.dg.view.model, value)
         if len(node.inputs) <= index:
             node.resize_inputs(index + 1)
         node.replace_input_with(index, value)
@@ -217,7 +218,7 @@ def _replace_const_input(dg: DependencyGraph, node: ir.Node, index: int, arr: np
         name=name, shape=ir.Shape(arr.shape), type=ir.TensorType(ir.DataType.from_numpy(arr.dtype))
     )
     nv.const_value = ir.tensor(arr, name=name)
-    dg.view.model.graph.register_initializer(nv)
+    add_initializer(dg.view.model, nv)
     dg.view.values[name] = nv
     if len(node.inputs) <= index:
         node.resize_inputs(index + 1)
