@@ -29,14 +29,18 @@ _NP = {
 }
 
 
-def random_feeds(model: ir.Model, seed: int = 0, batch: int = 2) -> dict[str, np.ndarray]:
-    """Random inputs; symbolic dims become ``batch``."""
+def random_feeds(model: ir.Model, seed: int = 0, batch: int = 2, size: int = 32) -> dict[str, np.ndarray]:
+    """Random inputs; a symbolic (or -1) first dim becomes ``batch``, other symbolic dims
+    ``size`` (dynamic image sides)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for v in model.graph.inputs:
         if v.name in model.graph.initializers:
             continue
-        shape = [d if isinstance(d, int) else batch for d in (v.shape or [])]
+        shape = [
+            d if isinstance(d, int) and d > 0 else (batch if k == 0 else size)
+            for k, d in enumerate(v.shape or [])
+        ]
         dt = _NP.get(v.dtype, np.float32)
         if np.issubdtype(dt, np.floating):
             feeds[v.name] = rng.standard_normal(shape).astype(dt)

@@ -132,7 +132,10 @@ _BINARY = {
 }
 
 
-@rule("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu")
+_LOGICAL = ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Where")
+
+
+@rule("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "PRelu", *_LOGICAL)
 def broadcast(node, ctx: RuleContext) -> OpFacts:
     """Numpy broadcasting: couple full-extent operands, take constant ones as member slices."""
     y = ctx.output(0)
@@ -191,6 +194,8 @@ def broadcast(node, ctx: RuleContext) -> OpFacts:
 def _binary_transfer(op: str, ctx: RuleContext, ins: list[str | None], kinds):
     """Constant carried by a zeroed channel through a broadcasting op (NaN: not a constant)."""
     size = _size_fn(ctx)
+    if op in _LOGICAL and op != "Where":  # booleans: not a numeric constant we track
+        return lambda kappa: {so: np.full(size(so), np.nan) for so in kinds}
 
     def operand_value(
         i: int, kind: str, src: Slot | None, so: Slot, kappa: Mapping[Slot, np.ndarray]
@@ -223,7 +228,12 @@ def _binary_transfer(op: str, ctx: RuleContext, ins: list[str | None], kinds):
         for so, ops in kinds.items():
             vals = [operand_value(i, k, s, so, kappa) for i, k, s in ops]
             with np.errstate(all="ignore"):
-                if op == "Mean":
+                if op == "Where":
+                    # either branch: a constant only where both branches carry the same one
+                    by_input = {i: v for (i, _, _), v in zip(ops, vals, strict=True)}
+                    a, b = by_input.get(1), by_input.get(2)
+                    res = np.where(a == b, a, np.nan) if a is not None and b is not None else np.full(size(so), np.nan)
+                elif op == "Mean":
                     res = sum(vals) / len(vals)
                 elif op in ("Mul",):
                     res = vals[0]
@@ -239,3 +249,11 @@ def _binary_transfer(op: str, ctx: RuleContext, ins: list[str | None], kinds):
         return out
 
     return transfer
+
+
+@rule("Not")
+def logical_not(node, ctx: RuleContext) -> OpFacts:
+    """Element-wise on booleans: every axis passes through."""
+    facts = passthrough(ctx, ctx.input(0), ctx.output(0))
+    facts.transfer = unary_transfer(facts.links, _size_fn(ctx), lambda v: np.full_like(v, np.nan))
+    return facts

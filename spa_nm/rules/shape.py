@@ -82,3 +82,37 @@ def transpose(node, ctx: RuleContext) -> OpFacts:
     facts = OpFacts()
     map_axes(ctx, x, y, {src: dst for dst, src in enumerate(perm)}, facts)
     return _with_copy(ctx, facts)
+
+
+def _expand_fixup(node_name: str, y: str) -> Fixup:
+    def apply(node: ir.Node, info: FixInfo) -> None:
+        old, new = info.old_shape(y), info.new_shape(y)
+        if tuple(old) == tuple(new):
+            return
+        target = [int(v) for v in np.asarray(info.const(node.inputs[1])).reshape(-1)]
+        shift = len(new) - len(target)
+        out = [int(new[k + shift]) if t != 1 and old[k + shift] != new[k + shift] else t for k, t in enumerate(target)]
+        info.new_const(node, 1, np.asarray(out, dtype=np.int64))
+
+    return Fixup(node_name, "rewrite the Expand target shape", apply)
+
+
+@rule("Expand", opsets=(8, None))
+def expand(node, ctx: RuleContext) -> OpFacts:
+    """Broadcast to a target shape: axes the input already has at full size pass through; a
+    channel axis created by the broadcast blocks."""
+    x, shape, y = ctx.input(0), ctx.input(1), ctx.output(0)
+    facts = OpFacts()
+    if not (ctx.slots(x) or ctx.slots(y)):
+        return facts
+    xs, ys = ctx.shape(x), ctx.shape(y)
+    if xs is None or ys is None:
+        return block(ctx, "shapes are unknown")
+    shift = len(ys) - len(xs)
+    amap = {a: a + shift for a in range(len(xs)) if xs[a] == ys[a + shift] and xs[a] != 1}
+    if not map_axes(ctx, x, y, amap, facts, what="Expand broadcasts it"):
+        return facts
+    if ctx.const(shape) is None:
+        return block(ctx, "Expand target shape is computed at run time")
+    facts.fixups.append(_expand_fixup(node.name, y))
+    return _with_copy(ctx, facts)

@@ -102,6 +102,13 @@ C = [
         "block:not a known constant",
         decl="float[1, 1, 6, 6] k",
     ),
+    Case("where_mask", "z = Greater (c1, k)\n y = Where (z, c1, k)", decl="float k = {0.0}"),
+    Case("comparisons", "a = Less (c1, k)\n b = LessOrEqual (c1, k)\n e = Equal (c1, k)\n g = GreaterOrEqual (c1, k)\n"
+         " o = Or (a, b)\n n = Not (e)\n q = And (o, n)\n x = Xor (q, g)\n y = Where (x, c1, c1)", decl="float k = {0.5}"),
+    Case("expand_batch", "y = Expand (c1, sh)", decl="int64[4] sh = {1, 1, 6, 6}"),
+    Case("expand_spatial", "g = GlobalAveragePool (c1)\n y = Expand (g, sh)", decl="int64[4] sh = {1, 8, 6, 6}"),
+    Case("expand_creates_channels_blocks", "g = ReduceMean <axes = [1]> (c1)\n e = Expand (g, sh)\n y = Add (c1, e)",
+         "block:Expand broadcasts it", decl="int64[4] sh = {1, 8, 6, 6}"),
     # -- conv family ----------------------------------------------------------------------
     Case(
         "conv_group1",
