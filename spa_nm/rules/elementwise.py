@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+import onnx_ir as ir
 from spa_nm.facts import Link, OpFacts, Param, Role, Slot
 from spa_nm.rules._context import RuleContext
 from spa_nm.rules._helpers import block, passthrough, unary_transfer
@@ -28,6 +29,45 @@ def _sigmoid(v: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-v))
 
 
+def _gelu(v: np.ndarray) -> np.ndarray:
+    return 0.5 * v * (1 + _erf(v / math.sqrt(2)))
+
+
+def _gelu_tanh(v: np.ndarray) -> np.ndarray:
+    return 0.5 * v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))
+
+
+def _str(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+# Cast targets whose rounding numpy reproduces exactly; others carry an unknown constant
+_CAST_EXACT = (np.float16, np.float32, np.float64, np.bool_, np.int8, np.int16, np.int32,
+               np.int64, np.uint8, np.uint16, np.uint32, np.uint64)  # fmt: skip
+
+
+def _cast_fn(to) -> Callable[[np.ndarray], np.ndarray]:
+    """A constant cast to ``to`` is rounded to that type (float16, an integer, ...)."""
+    try:
+        dt = np.dtype(ir.DataType(int(to)).numpy())
+    except Exception:
+        dt = None
+    if dt is None or dt.type not in _CAST_EXACT:
+        return lambda v: np.full_like(v, np.nan)
+
+    def cast(v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, dtype=np.float64)
+        ok = np.isfinite(v)
+        if np.issubdtype(dt, np.integer):
+            info = np.iinfo(dt)
+            ok &= (v >= info.min) & (v <= info.max)
+        with np.errstate(all="ignore"):
+            out = np.where(ok, v, 0).astype(dt).astype(np.float64)
+        return np.where(ok, out, np.nan)
+
+    return cast
+
+
 def _unary_fns(ctx: RuleContext) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     a = ctx.attr
     return {
@@ -37,8 +77,9 @@ def _unary_fns(ctx: RuleContext) -> dict[str, Callable[[np.ndarray], np.ndarray]
         "Celu": lambda v: (
             np.maximum(v, 0) + np.minimum(0, a("alpha", 1.0) * (np.exp(v / a("alpha", 1.0)) - 1))
         ),
-        "Selu": lambda v: (
-            a("gamma", 1.0507) * np.where(v > 0, v, a("alpha", 1.67326) * (np.exp(v) - 1))
+        "Selu": lambda v: (  # the defaults are the spec's float32 constants, not rounded ones
+            a("gamma", 1.05070102214813232421875)
+            * np.where(v > 0, v, a("alpha", 1.67326319217681884765625) * (np.exp(v) - 1))
         ),
         "ThresholdedRelu": lambda v: np.where(v > a("alpha", 1.0), v, 0.0),
         "Sigmoid": _sigmoid,
@@ -48,7 +89,7 @@ def _unary_fns(ctx: RuleContext) -> dict[str, Callable[[np.ndarray], np.ndarray]
         "Softplus": lambda v: np.log1p(np.exp(v)),
         "Softsign": lambda v: v / (1 + np.abs(v)),
         "Mish": lambda v: v * np.tanh(np.log1p(np.exp(v))),
-        "Gelu": lambda v: 0.5 * v * (1 + _erf(v / math.sqrt(2))),
+        "Gelu": _gelu_tanh if _str(a("approximate", "none")) == "tanh" else _gelu,
         "Erf": _erf,
         "Exp": np.exp,
         "Log": np.log,
@@ -64,7 +105,7 @@ def _unary_fns(ctx: RuleContext) -> dict[str, Callable[[np.ndarray], np.ndarray]
         "Cos": np.cos,
         "Identity": lambda v: v,
         "Dropout": lambda v: v,
-        "Cast": lambda v: v,
+        "Cast": _cast_fn(a("to")),
         "Clip": lambda v: v,  # replaced below: bounds are inputs from opset 11
     }
 

@@ -273,4 +273,5 @@ def test_unary_carries_what_onnxruntime_computes(op, opset):
     (i,) = [i for i, n in enumerate(dg.view.nodes) if n.outputs[0].name == "y"]
     got = dg.facts[i].transfer({Slot("p", (1,)): KAPPA.astype(np.float64)})[Slot("y", (1,))]
     want = _eval_unary(op, opset, KAPPA).astype(np.float64)
-    np.testing.assert_allclose(got, want, rtol=3e-7, atol=1e-7)  # float32 ulps, not a model
+    # a few float32 ulps: onnxruntime computes in float32 (Gelu-tanh cancels near -4)
+    np.testing.assert_allclose(got, want, rtol=3e-7, atol=2e-7)
