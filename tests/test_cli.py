@@ -448,3 +448,13 @@ other (float[1, 3, 8, 8] x) => (float[1, 10] output)
   output = Gemm <transB = 1> (f, w)
 }
 """
+
+
+def test_truncated_external_data(tmp_path):
+    p = _external_model(tmp_path, "m.data")
+    data = p.parent / "m.data"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    code, _, err = run_cli("prune", str(p), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.5")
+    assert code == 2
+    assert_one_line_error(err, "m.onnx", "truncated")
+    assert not (tmp_path / "o.onnx").exists()
