@@ -81,12 +81,14 @@ def net(
     rank: int = 4,
     out: str | None = None,
     domains: str = "",
+    inputs: str = "",
 ) -> str:
     """ONNX text of ``x -> p = Conv(x) -> BODY (writes y) -> consumer -> out``.
 
     ``c``: channels of ``p``; ``yc``: channels of ``y`` (default ``c``); ``consumer``: ``"1x1"``
     or ``"3x3"`` (padded) Conv, ``"gemm"`` (``y`` is [B, yc], Gemm transB=1), or None (BODY
-    writes ``out`` itself, of type ``out``); ``rank``: of ``x``, ``p`` and ``y`` (3: Conv1d).
+    writes ``out`` itself, of type ``out``); ``rank``: of ``x``, ``p`` and ``y`` (3: Conv1d);
+    ``inputs``: more graph inputs (declarations); ``domains``: more opset imports.
     """
     yc = c if yc is None else yc
     sp = rank - 2
@@ -119,7 +121,7 @@ def net(
     body = "\n  ".join(line.strip() for line in body.strip().split("\n"))
     return f"""
 <ir_version: {ir_version}, opset_import: ["" : {opset}{domains}]>
-case (float[{batch}, 3, {xdims}] x) => ({out} out)
+case (float[{batch}, 3, {xdims}] x{", " + inputs if inputs else ""}) => ({out} out)
 <{", ".join(decls)}>
 {{
   p = Conv <pads = [{pads}]> (x, wp, bp)
