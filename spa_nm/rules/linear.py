@@ -74,7 +74,8 @@ def gemm(node, ctx: RuleContext) -> OpFacts:
             facts.resets.remove(sy)  # a broadcast C keeps zeroed outputs at C, not 0
     alpha = float(ctx.attr("alpha", 1.0))
     beta = float(ctx.attr("beta", 1.0))
-    facts.folds[sa] = _gemm_fold(b, c, trans_b, alpha, beta, ctx.shape(y))
+    if beta != 0:  # beta = 0 multiplies C away: no bias can absorb a constant input
+        facts.folds[sa] = _gemm_fold(b, c, trans_b, alpha, beta, ctx.shape(y))
     return facts
 
 
