@@ -79,7 +79,21 @@ def concat(node, ctx: RuleContext) -> OpFacts:
     if not _pieces(ctx, y, [p for p in parts if p], axis, facts):
         return facts
     # links run part -> whole, which is input -> output: copy constants along them
-    return _with_copy(ctx, facts)
+    facts = _with_copy(ctx, facts)
+    members = list(facts.params)
+    if members:
+        # a constant part is a member slice: the oracle zeroes it, so its channels carry 0
+        copy = facts.transfer
+
+        def transfer(kappa):
+            out = copy(kappa)
+            for p in members:
+                k = out.setdefault(p.slot, np.full(ctx.slot_size(p.slot), np.nan))
+                k[p.idx] = 0.0
+            return out
+
+        facts.transfer = transfer
+    return facts
 
 
 def _split_fixup(node_name: str, outs: list[str], axis: int, opset: int, has_input: bool) -> Fixup:
