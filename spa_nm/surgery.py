@@ -188,12 +188,16 @@ def _set_const(view, name: str, arr: np.ndarray) -> None:
         v.const_value = ir.tensor(arr, name=name)
         v.shape = ir.Shape(arr.shape)
         return
-    p = v.producer()
-    p.attributes["value"] = ir.AttrTensor("value", ir.tensor(arr, name=name))
-    for key in ("value_float", "value_floats", "value_int", "value_ints"):
-        if key in p.attributes:
-            del p.attributes[key]
+    _set_constant_node(v.producer(), ir.tensor(arr, name=name))
     v.shape = ir.Shape(arr.shape)
+
+
+def _set_constant_node(node: ir.Node, tensor) -> None:
+    """Make ``tensor`` the one value of a Constant node (dropping value_ints and the like)."""
+    node.attributes["value"] = ir.AttrTensor("value", tensor)
+    for key in ("value_float", "value_floats", "value_int", "value_ints"):
+        if key in node.attributes:
+            del node.attributes[key]
 
 
 def _replace_const_input(dg: DependencyGraph, node: ir.Node, index: int, arr: np.ndarray) -> None:
@@ -209,7 +213,7 @@ def _replace_const_input(dg: DependencyGraph, node: ir.Node, index: int, arr: np
         and v.producer() is not None
         and v.producer().op_type == "Constant"
     ):
-        v.producer().attributes["value"] = ir.AttrTensor("value", ir.tensor(arr))
+        _set_constant_node(v.producer(), ir.tensor(arr))
         v.shape = ir.Shape(arr.shape)
         return
     base = (v.name if v is not None else f"{node.name or node.op_type}_in{index}") + "_pruned"
