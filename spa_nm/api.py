@@ -53,8 +53,12 @@ def analyze(model: ir.Model, ignore=()) -> DependencyGraph:
 
 
 def _prepared(model: ir.Model) -> ir.Model:
+    """A copy with static shape arithmetic folded (exact), repeated while shape inference,
+    seeing the folded constants, makes more of it static (a few rounds)."""
     work = copy_model(model)
-    if fold_shape_arithmetic(work):  # exact: only static shape arithmetic becomes constant
+    for _ in range(4):
+        if not fold_shape_arithmetic(work):
+            break
         io.infer_shapes(work)
     return work
 

@@ -109,6 +109,40 @@ class ModelView:
         self._consts[name] = arr
         return arr
 
+    def partial_ints(self, name: str, depth: int = 0) -> list[int | None] | None:
+        """A 1-D integer value whose entries are partly known: shape arithmetic over a tensor
+        with symbolic dims (Shape, Gather, Unsqueeze, Squeeze, Concat, Cast). None: unknown."""
+        c = self.const(name)
+        if c is not None:
+            return [int(v) for v in np.asarray(c).reshape(-1)] if c.dtype.kind in "iu" and c.ndim <= 1 else None
+        v = self.values.get(name)
+        p = None if v is None else v.producer()
+        if p is None or depth > 16 or p.domain not in ("", "ai.onnx"):
+            return None
+        ins = [i.name if i is not None else None for i in p.inputs]
+        if p.op_type == "Shape":
+            shape = self.shape(ins[0])
+            if shape is None:
+                return None
+            dims = [d if isinstance(d, int) else None for d in shape]
+            r = len(dims)
+            a = p.attributes.get("start")
+            b = p.attributes.get("end")
+            s0 = 0 if a is None else int(a.value)
+            e0 = r if b is None else int(b.value)
+            return dims[max(0, s0 + r if s0 < 0 else s0) : max(0, e0 + r if e0 < 0 else e0)]
+        if p.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
+            return self.partial_ints(ins[0], depth + 1)
+        if p.op_type == "Concat":
+            parts = [self.partial_ints(n, depth + 1) for n in ins if n]
+            return None if any(q is None for q in parts) else [x for q in parts for x in q]
+        if p.op_type == "Gather":
+            data, idx = self.partial_ints(ins[0], depth + 1), self.const(ins[1])
+            if data is None or idx is None:
+                return None
+            return [data[int(i)] for i in np.asarray(idx).reshape(-1)]
+        return None
+
     def is_param(self, name: str) -> bool:
         v = self.values.get(name)
         return v is not None and not v.is_graph_output() and self.const(name) is not None

@@ -8,7 +8,9 @@ lets rules read (and surgery rewrite) the bound instead of blocking. Dims that a
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 
 import numpy as np
 import onnx
@@ -48,6 +50,7 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
     number of values folded."""
     g = model.graph
     known: dict[str, np.ndarray] = {}
+    partial: dict[str, list[int | None]] = {}  # Shape outputs with symbolic entries
     opset = dict(model.opset_imports).get("", 13)
     folded = 0
     for node in list(g):
@@ -77,8 +80,43 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
                 _replace_with_initializer(model, out, np.full(shape, fill[0], dtype=fill.dtype))
                 folded += 1
             continue
+        if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity") and src is not None and src.name in partial:
+            partial[out.name] = partial[src.name]
+            continue
+        if (
+            node.op_type == "Concat"
+            and any(v is not None and v.name in partial for v in node.inputs)
+            and all(v is not None and (v.name in partial or _const_of(v, known) is not None) for v in node.inputs)
+        ):
+            parts = [partial[v.name] if v.name in partial else [int(x) for x in _const_of(v, known).reshape(-1)] for v in node.inputs]
+            partial[out.name] = [x for q in parts for x in q]
+            continue
+        if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name in partial:
+            folded += _refine_reshape(model, node, partial[node.inputs[1].name])
+            continue
+        if node.op_type == "Gather" and src is not None and src.name in partial:
+            # Gather(shape(x), const) picks static dims of a partly symbolic shape
+            idx = _const_of(node.inputs[1], known) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+            axis = node.attributes.get("axis")
+            vals = partial[src.name]
+            if idx is not None and (axis is None or int(axis.value) == 0):
+                picked = [vals[int(i)] for i in np.asarray(idx).reshape(-1) if -len(vals) <= int(i) < len(vals)]
+                if len(picked) == np.asarray(idx).size and not all(isinstance(v, int) for v in picked):
+                    if len(picked) == np.asarray(idx).size and all(v is not None for v in picked):
+                        partial[out.name] = picked  # symbolic entries travel on
+                    continue
+                if len(picked) == np.asarray(idx).size:
+                    arr = np.asarray(picked, dtype=np.int64).reshape(np.asarray(idx).shape)
+                    known[out.name] = arr
+                    _replace_with_initializer(model, out, arr)
+                    folded += 1
+            continue
         if node.op_type == "Shape":
             arr = _static_shape(node)
+            if arr is None:
+                dims = _partial_shape(node)
+                if dims is not None:
+                    partial[out.name] = dims
         elif node.op_type == "Size":
             s = _static_shape(node)
             arr = None if s is None else np.asarray(np.prod(s), dtype=np.int64)
@@ -114,6 +152,74 @@ def _static_shape(node: ir.Node) -> np.ndarray | None:
         e = max(0, min(r, e + r if e < 0 else e))
         dims = dims[s:e]
     return np.asarray(dims, dtype=np.int64)
+
+
+def _refine_reshape(model: ir.Model, node: ir.Node, target: list) -> int:
+    """A Reshape whose run-time target holds ints and the input's own symbols at their own
+    positions (``x.view(x.size(0), g, c // g, h, w)`` with a dynamic batch) gets the constant
+    target ONNX spells with 0 ("copy this input dim"), which is exact; one with a -1 whose
+    symbols cancel (``x.view(x.size(0), -1)``) gets its output shape. Returns 1 when it did."""
+    x, out = node.inputs[0], node.outputs[0]
+    if x is None or x.shape is None or any(t is None for t in target):
+        return 0
+    dims_now = [d if isinstance(d, int) else (d.value if d is not None else None) for d in x.shape]
+    allow = node.attributes.get("allowzero")
+    if not (allow and int(allow.value)) and all(
+        isinstance(t, int) or (k < len(dims_now) and dims_now[k] == t) for k, t in enumerate(target)
+    ):
+        const = np.asarray([t if isinstance(t, int) else 0 for t in target], dtype=np.int64)
+        name = f"{node.inputs[1].name}__static"
+        k = 0
+        while name in model.graph.initializers:
+            k += 1
+            name = f"{node.inputs[1].name}__static{k}"
+        nv = ir.Value(name=name, shape=ir.Shape(const.shape), type=ir.TensorType(ir.DataType.INT64))
+        nv.const_value = ir.tensor(const, name=name)
+        add_initializer(model, nv)
+        node.replace_input_with(1, nv)
+        return 1
+    if out.shape is not None and all(isinstance(d, int) for d in out.shape):
+        return 0
+    dims_in = [d if isinstance(d, int) else (d.value if d is not None else None) for d in x.shape]
+    if any(d is None for d in dims_in):
+        return 0
+    allowzero = node.attributes.get("allowzero")
+    dims = []
+    for k, t in enumerate(target):
+        if isinstance(t, int) and t == 0 and not (allowzero and int(allowzero.value)):
+            t = dims_in[k] if k < len(dims_in) else None
+        dims.append(t)
+    if dims.count(-1) > 1 or any(t is None for t in dims):
+        return 0
+    if -1 in dims:
+        sym_in = collections.Counter(d for d in dims_in if isinstance(d, str))
+        sym_out = collections.Counter(d for d in dims if isinstance(d, str))
+        if sym_in != sym_out:
+            return 0  # the symbols do not cancel: the -1 is not a static number
+        known_in = math.prod(d for d in dims_in if isinstance(d, int))
+        known_out = math.prod(d for d in dims if isinstance(d, int) and d != -1)
+        if known_out == 0 or known_in % known_out:
+            return 0
+        dims[dims.index(-1)] = known_in // known_out
+    out.shape = ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in dims])
+    return 1
+
+
+def _partial_shape(node: ir.Node) -> list | None:
+    """Shape of a tensor with some symbolic dims: ints where static, the symbol (str) where
+    named, None where unknown."""
+    x = node.inputs[0]
+    if x is None or x.shape is None:
+        return None
+    dims = [d if isinstance(d, int) else (d.value if d is not None else None) for d in x.shape]
+    r = len(dims)
+    start = node.attributes.get("start")
+    end = node.attributes.get("end")
+    s = 0 if start is None else int(start.value)
+    e = r if end is None else int(end.value)
+    s = max(0, min(r, s + r if s < 0 else s))
+    e = max(0, min(r, e + r if e < 0 else e))
+    return dims[s:e]
 
 
 def _evaluate(node: ir.Node, inputs: list[np.ndarray | None], opset: int) -> np.ndarray | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from spa_nm.facts import OpFacts
 from spa_nm.rules._context import RuleContext
 from spa_nm.rules._helpers import block, map_axes
@@ -30,8 +32,17 @@ def shape_of(node, ctx: RuleContext) -> OpFacts:
     end = ctx.attr("end")
     start = start + r if start < 0 else start
     end = r if end is None else (int(end) + r if int(end) < 0 else int(end))
-    for s in slots:
-        if any(start <= a < end for a in s.axes):
+    read = {a for s in slots for a in s.axes if start <= a < end}
+    if not read:
+        return OpFacts()
+    # fine when every reader picks only other entries: Gather(shape, const) of the batch dim
+    for c in node.outputs[0].consumers():
+        idx = ctx.const(c.inputs[1].name) if c.op_type == "Gather" and len(c.inputs) > 1 and c.inputs[1] is not None else None
+        axis = c.attributes.get("axis")
+        if idx is None or (axis is not None and int(axis.value) != 0) or node.outputs[0].is_graph_output():
+            return block(ctx, "Shape reads the channel count at run time", (x,))
+        picked = {(int(i) + (end - start)) % (end - start) + start for i in np.asarray(idx).reshape(-1)}
+        if picked & read:
             return block(ctx, "Shape reads the channel count at run time", (x,))
     return OpFacts()
 

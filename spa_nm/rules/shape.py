@@ -50,7 +50,17 @@ def reshape(node, ctx: RuleContext) -> OpFacts:
     if not (ctx.slots(x) or ctx.slots(y)):
         return facts
     if ctx.const(shape) is None:
-        return block(ctx, "Reshape target shape is computed at run time")
+        # a run-time target is fine when every channel axis of the output is its -1 entry
+        # (x.view(x.size(0), -1)): the size then follows the pruned input by itself
+        target = ctx.view.partial_ints(shape)
+        if target is None:
+            return block(ctx, "Reshape target shape is computed at run time")
+        if not reshape_facts(ctx, x, y, facts):
+            return facts
+        axes = {a for ln in facts.links for sl in (ln.a, ln.b) if sl.value == y for a in sl.axes}
+        if not axes or any(a >= len(target) or target[a] != -1 for a in axes):
+            return block(ctx, "Reshape target shape is computed at run time and fixes a channel axis")
+        return _with_copy(ctx, facts)
     if not reshape_facts(ctx, x, y, facts):
         return facts
     facts.fixups.append(_reshape_fixup(node.name, x, y, bool(ctx.attr("allowzero", 0))))

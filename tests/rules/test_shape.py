@@ -72,8 +72,8 @@ CASES: list[Case] = [
         net("f = Flatten (p)\n out = Gemm <transB = 1> (f, w)", "float[4, 48] w", rank=3, consumer=None,
             out="float[2, 4]"),
     ),
-    Case(
-        "reshape_runtime_shape_blocks",
+    Case(  # Concat(Shape(p)[:1], 288) is refined to the constant [0, 288], then fixed up
+        "reshape_runtime_batch_shape",
         net(
             "n = Shape <start = 0, end = 1> (p)\n sh = Concat <axis = 0> (n, k)\n"
             " f = Reshape (p, sh)\n out = Gemm (f, w)",
@@ -83,7 +83,19 @@ CASES: list[Case] = [
             consumer=None,
             out="float[N, 4]",
         ),
+    ),
+    Case(  # the target comes from a graph input: nothing is known about it
+        "reshape_runtime_shape_blocks",
+        net(
+            "f = Reshape (p, sh)\n out = Gemm (f, w)",
+            "float[288, 4] w",
+            opset=15,
+            consumer=None,
+            out="float[2, 4]",
+            inputs="int64[2] sh",
+        ),
         "block:computed at run time",
+        oracle=False,
     ),
     Case(
         "reshape_opset4_has_no_rule",  # the target was an attribute before opset 5
