@@ -14,6 +14,8 @@ import onnx_ir as ir
 from spa_nm.api import PruneResult, copy_model
 from spa_nm.facts import Role
 from spa_nm.io import to_proto_with_data
+from spa_nm.graph import _constant_node_value
+from spa_nm.surgery import _set_constant_node
 
 __all__ = ["assert_prune_equivalent", "random_feeds", "run", "zeroed_copy"]
 
@@ -99,14 +101,14 @@ def zeroed_copy(original: ir.Model, result: PruneResult) -> ir.Model:
         if name in consts:
             consts[name].const_value = ir.tensor(arr, name=name)
         else:
-            producers[name].attributes["value"] = ir.AttrTensor("value", ir.tensor(arr))
+            _set_constant_node(producers[name], ir.tensor(arr))
     return model
 
 
 def _const(consts, producers, name):
     if name in consts:
         return consts[name].const_value.numpy()
-    return producers[name].attributes["value"].value.numpy()
+    return _constant_node_value(producers[name])
 
 
 def assert_prune_equivalent(

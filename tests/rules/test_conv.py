@@ -138,7 +138,7 @@ CASES += _both_sides(
 CASES += [
     Case(
         "convtranspose_grouped_blocks",
-        net(f"y = ConvTranspose <group = 2, strides = [2, 2], kernel_shape = [2, 2]> (p, w)",
+        net("y = ConvTranspose <group = 2, strides = [2, 2], kernel_shape = [2, 2]> (p, w)",
             "float[8, 3, 2, 2] w", yc=6),
         "block:grouped ConvTranspose",
     ),

@@ -3,7 +3,6 @@ their channels instead of being guessed."""
 
 from __future__ import annotations
 
-import pytest
 
 from tests.rules._harness import Case, check, net, variants
 
@@ -97,14 +96,9 @@ def test_case(case):
     check(case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="spa_nm.testing.zeroed_copy reads a Constant member only from its 'value' attribute",
-)
 def test_constant_value_floats_member():
     """A per-channel constant given as ``value_floats`` (channels-last Mul): prune slices it;
-    the oracle's zeroed copy cannot read it yet."""
+    the oracle's zeroed copy zeroes it in place."""
     check(
         Case(
             "constant_value_floats",

@@ -10,7 +10,7 @@ GEMM_OUT = {"consumer": None, "out": "float[2, 4]"}
 
 def _shuffle(groups: int) -> str:
     return (
-        f"r = Reshape (p, s5)\n t = Transpose <perm = [0, 2, 1, 3, 4]> (r)\n y = Reshape (t, s4)",
+        "r = Reshape (p, s5)\n t = Transpose <perm = [0, 2, 1, 3, 4]> (r)\n y = Reshape (t, s4)",
         f"int64[5] s5 = {{2, {groups}, {8 // groups}, 6, 6}}, int64[4] s4 = {{2, 8, 6, 6}}",
     )
 
