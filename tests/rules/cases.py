@@ -390,6 +390,19 @@ C = [
         "g = GlobalAveragePool (c1)\n f = Flatten (g)\n ft = Transpose (f)\n z = Gemm <transA = 1> (ft, wg, bg)\n y = Reshape (z, sh)",
         decl="float[8, 8] wg, float[8] bg, int64[4] sh = {1, 8, 1, 1}",
     ),
+    # recurrent ops (tests/rules/test_recurrent.py has the variants): the 36 spatial positions
+    # are the sequence, c1's channels the input features, read through W's columns
+    *[
+        Case(
+            f"{op.lower()}_input_features",
+            "s = Reshape (c1, sh)\n t = Transpose <perm = [2, 0, 1]> (s)\n"
+            f" r, rh = {op} <hidden_size = 8> (t, w, rr, bb)\n"
+            " q = Reshape (r, sq)\n y = Transpose <perm = [2, 3, 0, 1]> (q)",
+            decl=f"int64[3] sh = {{1, 8, 36}}, float[1, {8 * g}, 8] w, float[1, {8 * g}, 8] rr, "
+            f"float[1, {16 * g}] bb, int64[4] sq = {{6, 6, 1, 8}}",
+        )
+        for op, g in (("LSTM", 4), ("GRU", 3), ("RNN", 1))
+    ],
     Case("unknown_op_blocks", "y = LRN <size = 3> (c1)", "block:no rule"),
     Case(
         "shared_initializer_elsewhere_blocks",
