@@ -10,6 +10,7 @@ from typing import Any
 
 import onnx_ir as ir
 from spa_nm import io
+from spa_nm.errors import ConfigError
 from spa_nm.graph import DependencyGraph, analyze as _analyze
 from spa_nm.metrics import count
 from spa_nm.passes import fold_shape_arithmetic, remove_dead_nodes
@@ -79,14 +80,27 @@ def prune(
     aggregation: str = "sum",
     seed: int = 0,
     check: bool = True,
+    groups: tuple[int, ...] | list[int] | None = None,
+    hessian: str | None = None,
+    calibration: str | os.PathLike | None = None,
 ) -> PruneResult:
     """Remove a fraction ``ratio`` of the channels of every prunable group.
 
+    ``groups`` restricts pruning to those group ids (see `analyze`). ``hessian`` and
+    ``calibration`` (a .npz) configure ``criterion="obspa"`` (`spa_nm.obspa.ObspaOptions`).
     Returns a new model (the input is not modified) and the report of the contract.
     """
+    obspa = None
+    if criterion == "obspa":
+        from spa_nm.obspa import ObspaOptions
+
+        obspa = ObspaOptions.make(hessian, calibration, seed=seed)
+    elif hessian is not None or calibration is not None:
+        raise ConfigError("hessian and calibration data apply to criterion 'obspa' only")
     cfg = PruneConfig(
-        ratio, criterion, global_ranking, int(round_to), tuple(ignore), aggregation, seed
-    )
+        ratio, criterion, global_ranking, int(round_to), tuple(ignore), aggregation, seed,
+        groups=None if groups is None else tuple(int(g) for g in groups), obspa=obspa,
+    )  # fmt: skip
     t0 = time.perf_counter()
     work = _prepared(model)
     before = count(work)
@@ -115,6 +129,8 @@ def prune(
         "notes": plan.notes,
         "seconds": round(seconds, 4),
     }
+    if plan.details:  # the criterion's own report (obspa: Hessian proxy, per-layer error)
+        report[cfg.criterion] = plan.details
     return PruneResult(work, report, plan, dg, source)
 
 

@@ -3,18 +3,24 @@
 METHODS.md §1.6: local ratios remove ⌊R·|G|⌋ units per group, lowest score first; ``global``
 ranks scores normalized by their group mean across every prunable group. ``round_to`` keeps the
 number of surviving units a multiple of K (never zero); a slot is never emptied.
+
+``groups`` restricts a plan to the listed group ids (the others keep every unit): the per-group
+sensitivity scan prunes one group at a time with it. A criterion may finish a plan: ``obspa``
+adds compensated consumer weights (``updates``, ``new_biases``) that surgery writes before it
+slices, and its report (``details``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from spa_nm.errors import ConfigError
 from spa_nm.graph import ChannelGroup, DependencyGraph
-from spa_nm.importance import score_group
+from spa_nm.importance import make_scorer
 
 __all__ = ["DEFAULT_ROUND_TO", "PruneConfig", "PrunePlan", "make_plan"]
 
@@ -35,6 +41,8 @@ class PruneConfig:
     ignore: tuple[str, ...] = ()
     aggregation: str = "sum"
     seed: int = 0
+    groups: tuple[int, ...] | None = None  # only these group ids (None: every prunable group)
+    obspa: Any = None  # spa_nm.obspa.ObspaOptions for criterion "obspa" (None: defaults)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.ratio, int | float) and 0 <= self.ratio < 1) or math.isnan(
@@ -50,6 +58,10 @@ class PrunePlan:
     config: PruneConfig
     removed: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> unit labels
     notes: list[str] = field(default_factory=list)
+    # written by surgery before slicing (OBSPA compensation, METHODS.md §1.7):
+    updates: dict[str, np.ndarray] = field(default_factory=dict)  # initializer -> new array
+    new_biases: dict[int, np.ndarray] = field(default_factory=dict)  # node index -> bias
+    details: dict[str, Any] = field(default_factory=dict)  # the criterion's own report
 
     @property
     def n_removed(self) -> int:
@@ -61,15 +73,16 @@ def make_plan(dg: DependencyGraph, cfg: PruneConfig) -> PrunePlan:
     if cfg.ratio == 0:
         return plan
     rng = np.random.default_rng(cfg.seed)
-    groups = dg.prunable_groups
+    groups = _selected(dg, cfg)
+    scorer = make_scorer(dg, cfg.criterion, cfg.aggregation, rng, cfg.obspa)
     scores: dict[int, np.ndarray] = {}
     for g in groups:
-        s, note = score_group(dg, g, cfg.criterion, cfg.aggregation, rng)
+        s, note = scorer(g)
         scores[g.id] = s
         if note:
             plan.notes.append(f"group {g.id}: {note}")
     if cfg.global_ranking:
-        counts = _global_counts(groups, scores, cfg.ratio)
+        counts = _global_counts(groups, scores, cfg.ratio, scorer.self_normalized)
     else:
         counts = {g.id: int(math.floor(cfg.ratio * g.size)) for g in groups}
     for g in groups:
@@ -81,15 +94,38 @@ def make_plan(dg: DependencyGraph, cfg: PruneConfig) -> PrunePlan:
         chosen = _never_empty(dg, g, chosen, order)
         if chosen.size:
             plan.removed[g.id] = np.sort(g.units[chosen])
+    finish = getattr(scorer, "finish", None)
+    if finish is not None and plan.removed:
+        finish(plan)
     return plan
 
 
-def _global_counts(groups: list[ChannelGroup], scores, ratio: float) -> dict[int, int]:
+def _selected(dg: DependencyGraph, cfg: PruneConfig) -> list[ChannelGroup]:
+    """The prunable groups the plan may touch: all, or those of ``cfg.groups``."""
+    if cfg.groups is None:
+        return dg.prunable_groups
+    ids = {g.id: g for g in dg.groups}
+    for gid in cfg.groups:
+        if gid not in ids:
+            raise ConfigError(f"no channel group {gid} (the model has {len(ids)})")
+        if not ids[gid].prunable:
+            b = ids[gid].blocked
+            why = b[0].reason if b else "fewer than two channels or no producer"
+            raise ConfigError(f"channel group {gid} is not prunable: {why}")
+    return [ids[gid] for gid in sorted(set(cfg.groups))]
+
+
+def _global_counts(
+    groups: list[ChannelGroup], scores, ratio: float, self_normalized: bool = False
+) -> dict[int, int]:
     entries = []
     for g in groups:
         s = scores[g.id]
         mean = float(np.mean(s)) if s.size else 0.0
-        norm = s / mean if mean > 0 else np.zeros_like(s)
+        if self_normalized:  # LAMP, OBSPA: already comparable across groups (§1.6)
+            norm = np.asarray(s, dtype=np.float64)
+        else:
+            norm = s / mean if mean > 0 else np.zeros_like(s)
         for v in norm:
             entries.append((float(v), g.id))
     total = len(entries)

@@ -94,6 +94,12 @@ def apply_plan(dg: DependencyGraph, plan: PrunePlan) -> ir.Model:
         kept[s] = np.nonzero(~dead[o : o + dg.sizes[s]])[0]
 
     consts = _Consts(dg)
+    # (1b) the plan's compensated consumer weights (OBSPA, METHODS.md §1.7), before the folds:
+    # their removed columns are exactly 0, so a fold through them adds nothing
+    for name, arr in plan.updates.items():
+        consts.arrays[name] = np.asarray(arr, dtype=consts.get(name).dtype)
+    for i, bias in plan.new_biases.items():
+        consts.add_bias(view.nodes[i], 2, None, np.asarray(bias))
     # (2) folds, on the original weights, before any slicing
     for g in touched:
         for i, s in g.folds:
@@ -119,6 +125,9 @@ def apply_plan(dg: DependencyGraph, plan: PrunePlan) -> ir.Model:
         if out_slot in kept:
             sliced[name].append((axis, kept[out_slot]))
     for name in set(sliced) | set(consts.arrays):
+        if view.derived(name) is not None:
+            _set_derived(dg, name, consts, sliced.get(name, []))
+            continue
         arr = consts.get(name)
         for axis, idx in sliced.get(name, []):
             if idx.size != arr.shape[axis]:
@@ -176,6 +185,38 @@ def apply_plan(dg: DependencyGraph, plan: PrunePlan) -> ir.Model:
                 dims.append(d)
         v.shape = ir.Shape(dims)
     return model
+
+
+def _set_derived(dg: DependencyGraph, name: str, consts: _Consts, slices) -> None:
+    """Slice a derived constant (a dequantized weight) through its source initializers; if a
+    fold or a compensation changed its values, store them as a plain initializer instead."""
+    view = dg.view
+    d = view.derived(name)
+    v = view.values[name]
+    if name in consts.arrays and not np.array_equal(consts.arrays[name], d.value):
+        arr = consts.arrays[name]
+        for axis, idx in slices:
+            arr = np.take(arr, idx, axis=axis)
+        nv = ir.Value(
+            name=_unique_name(dg, f"{name}_folded"),
+            shape=ir.Shape(arr.shape),
+            type=ir.TensorType(ir.DataType.from_numpy(arr.dtype)),
+        )
+        nv.const_value = ir.tensor(arr, name=nv.name)
+        add_initializer(view.model, nv)
+        view.values[nv.name] = nv
+        v.replace_all_uses_with(nv)
+        return
+    arrays: dict[str, np.ndarray] = {}
+    shape = list(d.value.shape)
+    for axis, idx in slices:
+        shape[axis] = int(idx.size)
+        for src, src_axis in d.sources(axis):
+            cur = arrays[src] if src in arrays else np.asarray(view.const(src))
+            arrays[src] = np.take(cur, idx, axis=src_axis)
+    for src, arr in arrays.items():
+        _set_const(view, src, arr)
+    v.shape = ir.Shape(shape)
 
 
 def _is_param_slot(dg: DependencyGraph, s: Slot) -> bool:
