@@ -136,9 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="node names or wildcard patterns whose groups are kept",
     )
     pp.add_argument("--seed", type=int, default=0, help="seed of the random criterion (default: 0)")
+    _add_obspa_args(pp)
     pp.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     pp.add_argument("--jobs", type=_positive, default=1, metavar="N", help="models pruned in parallel, each in its own process (default: 1)")
     pp.add_argument("--dry-run", action="store_true", help="show what would be pruned; write no model")
+
+    _add_sensitivity_parser(sub, common)
 
     ps = sub.add_parser(
         "sparsify",
@@ -202,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prune(args)
         if args.command == "sparsify":
             return _sparsify(args)
+        if args.command == "sensitivity":
+            return _sensitivity(args)
         if args.command == "verify":
             return _verify(args)
         if args.command == "bench":
@@ -443,6 +448,8 @@ def _options(args) -> dict[str, Any]:
         "aggregation": args.aggregation,
         "seed": args.seed,
         "dry_run": args.dry_run,
+        "hessian": args.hessian,
+        "calibration": args.calibration,
     }
 
 
@@ -464,6 +471,8 @@ def prune_one(src: str, dst: str, opts: dict[str, Any], inputs: list[str], rerai
             ignore=tuple(opts["ignore"]),
             aggregation=opts["aggregation"],
             seed=opts["seed"],
+            hessian=opts.get("hessian"),
+            calibration=opts.get("calibration"),
         )
         if not opts.get("dry_run"):
             io.save(res.model, dst, inputs=inputs)
@@ -530,6 +539,7 @@ def _prune(args) -> int:
     from spa_nm.report import summary_table, write_json
 
     PruneConfig(args.ratio, args.criterion, args.global_ranking, args.round_to, tuple(args.ignore), args.aggregation)
+    _check_obspa_args(args)
     files = _collect(args.inputs)
     targets = _targets(files, args.output, create=not args.dry_run)
     if args.report:
@@ -564,3 +574,86 @@ def _prune(args) -> int:
     if len(files) == 1:
         return worst
     return 1 if worst else 0
+
+
+# -- obspa options and sensitivity ----------------------------------------------------------
+
+
+def _add_obspa_args(parser) -> None:
+    from spa_nm.obspa import DEFAULT_HESSIAN, HESSIANS
+
+    parser.add_argument(
+        "--hessian",
+        choices=HESSIANS,
+        default=None,
+        help=f"how --criterion obspa estimates layer inputs (default: {DEFAULT_HESSIAN}; "
+        "'data' when --calibration is given)",
+    )
+    parser.add_argument(
+        "--calibration",
+        metavar="DATA.npz",
+        help="calibration inputs for --criterion obspa (arrays by input name, or x_train)",
+    )
+
+
+def _check_obspa_args(args) -> None:
+    from spa_nm.errors import ConfigError
+
+    if args.criterion != "obspa" and (args.hessian or args.calibration):
+        raise ConfigError("--hessian and --calibration apply to --criterion obspa only")
+    if args.calibration and not Path(args.calibration).is_file():
+        raise InputError(f"{args.calibration}: no such file")
+
+
+def _ratios(text: str) -> list[float]:
+    out = [_ratio(t) for t in text.split(",") if t.strip()]
+    if not out or any(r == 0 for r in out):
+        raise argparse.ArgumentTypeError(f"ratios must be a comma list in (0, 1), got {text!r}")
+    return out
+
+
+def _add_sensitivity_parser(sub, common) -> None:
+    from spa_nm.importance import CRITERIA
+    from spa_nm.sensitivity import DEFAULT_RATIOS, PER
+
+    pz = sub.add_parser(
+        "sensitivity",
+        parents=[common],
+        help="prune each channel group alone at several ratios and measure the output error",
+        epilog="examples:\n  spa-nm sensitivity model.onnx -o sens/\n"
+        "  spa-nm sensitivity model.onnx --data val.npz --ratios 0.2,0.4 --per layer\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pz.add_argument("model", help="an ONNX file")
+    pz.add_argument("-o", "--output", metavar="OUT_DIR", help="folder for sensitivity.json and .png (default: <model>_sensitivity)")
+    pz.add_argument("--data", metavar="DATA.npz", help="evaluation inputs by name (or x_val), optional labels; default: random")
+    pz.add_argument("--ratios", type=_ratios, default=list(DEFAULT_RATIOS), metavar="R1,R2,...",
+                    help=f"ratios of each group to remove (default: {','.join(map(str, DEFAULT_RATIOS))})")  # fmt: skip
+    pz.add_argument("--criterion", choices=sorted(CRITERIA), default="l2", help="importance criterion (default: l2)")
+    pz.add_argument("--per", choices=PER, default="group", help="one row per channel group or per producer layer (default: group)")
+    pz.add_argument("--samples", type=_positive, default=32, help="inputs evaluated (default: 32)")
+    pz.add_argument("--round-to", type=_positive, default=1, metavar="K", help="keep surviving counts multiples of K (default: 1)")
+    pz.add_argument("--seed", type=int, default=0, help="seed of random inputs and criterion (default: 0)")
+    _add_obspa_args(pz)
+
+
+def _sensitivity(args) -> int:
+    from spa_nm import api
+    from spa_nm.sensitivity import format_table, sensitivity, write_outputs
+
+    _check_obspa_args(args)
+    if args.data and not Path(args.data).is_file():
+        raise InputError(f"{args.data}: no such file")
+    src = Path(args.model)
+    out = Path(args.output) if args.output else Path(f"{src.stem}_sensitivity")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: output must be a folder")
+    model = api.load(src)
+    res = sensitivity(model, args.ratios, args.criterion, per=args.per, data=args.data, samples=args.samples,
+                      round_to=args.round_to, seed=args.seed, hessian=args.hessian, calibration=args.calibration)  # fmt: skip
+    res["model"] = str(src)
+    written = write_outputs(res, out)
+    if not args.quiet:
+        print(format_table(res))
+        print("wrote " + ", ".join(str(p) for p in written))
+    return 0
