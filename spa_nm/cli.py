@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="node names or wildcard patterns to leave dense")
     ps.add_argument("--report", metavar="FILE.json", help="write a JSON report")
 
+    _add_finetune_parser(sub, common)
+
     pv = sub.add_parser(
         "verify",
         parents=[common],
@@ -207,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sparsify(args)
         if args.command == "sensitivity":
             return _sensitivity(args)
+        if args.command == "finetune":
+            return _finetune(args)
         if args.command == "verify":
             return _verify(args)
         if args.command == "bench":
@@ -238,6 +242,114 @@ def _sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (embedded use)
         pass
+
+
+# -- finetune -------------------------------------------------------------------------------
+
+_EPILOG_FINETUNE = """examples:
+  spa-nm finetune model.onnx --data train.npz -o sparse.onnx --method sr-ste --pattern 2:4 --epochs 10
+  spa-nm finetune model.onnx --data train.npz --val val.npz -o sparse.onnx --method mdgf-exp --pattern 1:8 \\
+      --steps 2000 --lr 1e-3 --report sparse.json
+  spa-nm finetune pruned.onnx --data train.npz -o tuned.onnx --method dense --epochs 3 --optimizer sgd --lr 0.01
+
+data: an .npz with one array per model input, named like it (samples on axis 0), plus 'labels'
+(integer class ids: cross-entropy on the first output). Without 'labels' the model is distilled
+to the input model's outputs (MSE). The layout x_train, y_train, x_val, y_val also works for a
+one-input model. Validation accuracy is measured by onnxruntime on the written model, with the
+hard N:M masks applied (METHODS.md section 2.4). Needs torch: pip install 'spa_nm[train]'.
+"""
+
+
+def _float_arg(lo: float | None = None, hi: float | None = None, lo_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if v != v or (lo is not None and (v < lo or (lo_open and v == lo))) or (hi is not None and v >= hi):
+            rng = f"{'(' if lo_open else '['}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'})"
+            raise argparse.ArgumentTypeError(f"expected a number in {rng}, got {text}")
+        return v
+
+    return parse
+
+
+def _add_finetune_parser(sub, common) -> None:
+    from spa_nm.train.sparse import DEFAULT_GEOMETRIC_K, METHODS, SRSTE_LAMBDA
+
+    pf = sub.add_parser(
+        "finetune",
+        parents=[common],
+        help="train in torch with an N:M schedule (SR-STE, MDGF, SDGF, ...) or dense, write the ONNX back",
+        epilog=_EPILOG_FINETUNE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pf.add_argument("model", help="an ONNX file")
+    pf.add_argument("--data", required=True, metavar="TRAIN.npz", help="training arrays (see below)")
+    pf.add_argument("--val", metavar="VAL.npz", help="validation arrays (default: a seeded split of --data, see --val-fraction)")
+    pf.add_argument("-o", "--output", required=True, help="output ONNX file")
+    pf.add_argument("--method", choices=METHODS, default="sr-ste", help="training method (default: sr-ste)")
+    pf.add_argument("--pattern", default="2:4", metavar="N:M", help="target N:M pattern (default: 2:4; ignored by dense)")
+    budget = pf.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=_positive, help="passes over the training data (default: 1)")
+    budget.add_argument("--steps", type=_positive, help="optimizer steps instead of epochs")
+    pf.add_argument("--lr", type=_float_arg(0, lo_open=True), default=1e-3, help="learning rate (default: 0.001)")
+    pf.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine", help="learning-rate schedule (default: cosine)")
+    pf.add_argument("--batch-size", type=_positive, default=64, help="samples per step (default: 64)")
+    pf.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer (default: adamw; sgd uses momentum 0.9)")
+    pf.add_argument("--weight-decay", type=_float_arg(0), default=0.0, help="weight decay (default: 0)")
+    pf.add_argument("--seed", type=int, default=0, help="seed of the initial order, split and torch (default: 0)")
+    pf.add_argument("--val-fraction", type=_float_arg(0, 1, lo_open=True), default=0.2, help="validation share when --val is not given (default: 0.2)")
+    pf.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="node names or wildcard patterns to leave dense")
+    pf.add_argument("--lambda-w", type=_float_arg(0), default=SRSTE_LAMBDA, help=f"SR-STE's lambda_W (default: {SRSTE_LAMBDA:g})")
+    pf.add_argument("--beta", type=_float_arg(0, lo_open=True), help="MDGF decay rate (default: from the budget, D near 0 at 70%% of the steps)")
+    pf.add_argument("--geometric-k", type=_positive, default=DEFAULT_GEOMETRIC_K, metavar="K", help=f"SDGF-Geometric's k, a power of two (default: {DEFAULT_GEOMETRIC_K})")
+    pf.add_argument("--dense-frac", type=_float_arg(0, 1), help="share of dense steps first (default: 0.05 for mdgf/sdgf, else 0)")
+    pf.add_argument("--final-frac", type=_float_arg(0, 1), help="share of binary target-mask steps last (default: 0.15 for mdgf/sdgf, else 0)")
+    pf.add_argument("--report", metavar="FILE.json", help="write a JSON report")
+
+
+def _finetune(args) -> int:
+    from spa_nm import api, io
+    from spa_nm.nm import NMSpec
+    from spa_nm.report import write_json
+    from spa_nm.train.finetune import finetune
+
+    spec = NMSpec.parse(args.pattern)
+    inputs = [args.model, args.data] + ([args.val] if args.val else [])
+    for p in inputs:
+        if not Path(p).is_file():
+            raise InputError(f"{p}: no such file")
+    io.check_output_path(args.output, inputs)
+    if args.report:
+        io.check_output_path(args.report, [*inputs, args.output])
+    model = api.load(args.model)
+    t0 = time.perf_counter()
+    new, rep = finetune(
+        model, args.data, val=args.val, method=args.method, pattern=spec, epochs=args.epochs,
+        steps=args.steps, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, seed=args.seed,
+        val_fraction=args.val_fraction, ignore=tuple(args.ignore), lambda_w=args.lambda_w,
+        beta=args.beta, k=args.geometric_k, dense_frac=args.dense_frac, final_frac=args.final_frac,
+    )  # fmt: skip
+    io.save(new, args.output, inputs=inputs)
+    rep = {"input": args.model, "output": args.output, "data": args.data, "status": "ok", **rep}
+    if args.report:
+        write_json(rep, args.report)
+    if not args.quiet:
+        what = "dense" if args.method == "dense" else f"{args.method} {spec}"
+        layers = "" if args.method == "dense" else f", {len(rep['layers_sparsified'])} layers at {rep['sparsity']:.1%} sparsity ({len(rep['layers_skipped'])} skipped)"
+        b, a = rep["val"]["before"], rep["val"]["after"]
+        if "accuracy" in a:
+            val = f"val accuracy {b['accuracy']:.4f} -> {a['accuracy']:.4f}"
+        else:
+            val = f"val MSE to the input model {a.get('mse_to_input_model', float('nan')):.4g}"
+        print(f"{args.model} -> {args.output}: {what}, {rep['epochs']} epochs ({rep['steps']} steps){layers}; "
+              f"{val} (onnxruntime, {rep['val_samples']} samples); {time.perf_counter() - t0:.1f} s")  # fmt: skip
+        if args.verbose:
+            for sk in rep.get("layers_skipped", []):
+                print(f"  skipped {sk['node']} ({sk['op']}): {sk['reason']}")
+    return 0
 
 
 # -- verify and bench -----------------------------------------------------------------------
