@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Blocked",
+    "Derived",
     "FixInfo",
     "Fixup",
     "Link",
@@ -120,6 +121,23 @@ class Fixup:
     node: str
     describe: str
     apply: Callable[[ir.Node, FixInfo], None]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Derived:
+    """A constant that node ``node`` computes from initializers (DequantizeLinear of an int8
+    weight): rules read it as a parameter, surgery slices its ``sources`` instead.
+
+    ``sources(axis)`` lists the (initializer, axis) pairs that lose the same entries when the
+    value's ``axis`` loses entries; ``zero(get, axis, idx)`` edits the source arrays (``get``
+    returns a writable array per initializer name) so that entries ``idx`` of ``axis`` become
+    exactly 0 (the zero-group oracle).
+    """
+
+    node: str
+    value: np.ndarray
+    sources: Callable[[int], list[tuple[str, int]]]
+    zero: Callable[[Callable[[str], np.ndarray], int, np.ndarray], None]
 
 
 # A transfer maps the constants carried by the zeroed channels of the node's input slots to

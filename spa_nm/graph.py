@@ -71,6 +71,7 @@ class ModelView:
         self.graph_inputs = {v.name for v in g.inputs}
         self.graph_outputs = {v.name for v in g.outputs}
         self._consts: dict[str, np.ndarray | None] = {}
+        self._derived: dict[str, Any] = {}
         self._opsets = dict(model.opset_imports)
 
     def opset_of(self, domain: str) -> int:
@@ -106,8 +107,29 @@ class ModelView:
                 p = v.producer()
                 if p is not None and p.op_type == "Constant" and p.domain in ("", "ai.onnx"):
                     arr = _constant_node_value(p)
+                elif (d := self.derived(name)) is not None:
+                    arr = d.value
         self._consts[name] = arr
         return arr
+
+    def derived(self, name: str):
+        """The `Derived` constant ``name`` (a dequantized weight), or None: asked of the rule of
+        its producer, so no op knowledge lives here."""
+        if name in self._derived:
+            return self._derived[name]
+        self._derived[name] = None  # guards against cycles
+        v = self.values.get(name)
+        p = None if v is None or v.const_value is not None else v.producer()
+        d = None
+        if p is not None and not v.is_graph_output():
+            entry = lookup(p.domain, p.op_type, self.opset_of(p.domain))
+            if entry is not None and entry.derived is not None:
+                try:
+                    d = entry.derived(p, self)
+                except Exception:  # a malformed node is not a constant
+                    d = None
+        self._derived[name] = d
+        return d
 
     def partial_ints(self, name: str, depth: int = 0) -> list[int | None] | None:
         """A 1-D integer value whose entries are partly known: shape arithmetic over a tensor

@@ -12,6 +12,10 @@ from spa_nm.rules import RuleContext, macs_of
 
 __all__ = ["count"]
 
+# integer types that hold quantized weights (int32 and int64 hold shapes and indices too)
+_QUANTIZED = (ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType.UINT4,
+              ir.DataType.INT16, ir.DataType.UINT16)  # fmt: skip
+
 
 def count(model: ir.Model, view: ModelView | None = None) -> dict:
     """``{"params", "macs", "by_op": {op: {"params", "macs"}}}`` for the main graph."""
@@ -24,7 +28,9 @@ def count(model: ir.Model, view: ModelView | None = None) -> dict:
                 owner[v.name] = node.op_type
     total_params = 0
     for name, v in model.graph.initializers.items():
-        if v.const_value is None or not v.const_value.dtype.is_floating_point():
+        if v.const_value is None or not (
+            v.const_value.dtype.is_floating_point() or v.const_value.dtype in _QUANTIZED
+        ):
             continue
         n = int(np.prod(v.const_value.shape.numpy())) if len(v.const_value.shape) else 1
         total_params += n

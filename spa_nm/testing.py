@@ -14,7 +14,7 @@ import onnx_ir as ir
 from spa_nm.api import PruneResult, copy_model
 from spa_nm.facts import Role
 from spa_nm.io import to_proto_with_data
-from spa_nm.graph import _constant_node_value
+from spa_nm.graph import ModelView, _constant_node_value
 from spa_nm.surgery import _set_constant_node
 
 __all__ = ["assert_prune_equivalent", "random_feeds", "run", "zeroed_copy"]
@@ -83,6 +83,7 @@ def zeroed_copy(original: ir.Model, result: PruneResult) -> ir.Model:
     for node in model.graph:
         if node.op_type == "Constant":
             producers[node.outputs[0].name] = node
+    view = ModelView(model)
     for gid in plan.removed:
         for p in dg.groups[gid].params:
             if p.role in _KEEP_ROLES:
@@ -91,6 +92,16 @@ def zeroed_copy(original: ir.Model, result: PruneResult) -> ir.Model:
             o = dg.offsets[ps]
             idx = np.nonzero(dead[o : o + dg.sizes[ps]])[0]
             if not idx.size:
+                continue
+            derived = view.derived(p.name)
+            if derived is not None:  # a dequantized weight: its integer entries become zero points
+
+                def get(name: str) -> np.ndarray:
+                    if name not in arrays:
+                        arrays[name] = np.array(_const(consts, producers, name))
+                    return arrays[name]
+
+                derived.zero(get, p.axis, idx)
                 continue
             if p.name not in arrays:
                 arrays[p.name] = np.array(_const(consts, producers, p.name))

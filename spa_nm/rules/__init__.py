@@ -8,6 +8,7 @@ from spa_nm.rules import (  # noqa: F401  (registration side effects)
     misc,
     norm,
     pool,
+    quant,
     recurrent,
     shape,
 )

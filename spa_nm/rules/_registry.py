@@ -34,6 +34,9 @@ class RuleEntry:
     macs: Callable[..., int] | None
     # (input index, axis) of the weight and its reduction axis, for N:M blocks; None: no weight
     nm_axis: Callable[..., tuple[int, int] | None] | None = None
+    # derived(node, view) -> facts.Derived | None: the node's output is a constant computed
+    # from initializers (a dequantized weight) that surgery slices through its sources
+    derived: Callable[..., object] | None = None
 
 
 _RULES: dict[tuple[str, str], list[RuleEntry]] = {}
@@ -49,6 +52,7 @@ def rule(
     opsets: tuple[int, int | None] = (1, None),
     macs: Callable[..., int] | None = None,
     nm_axis: Callable[..., tuple[int, int] | None] | None = None,
+    derived: Callable[..., object] | None = None,
 ) -> Callable[[Callable[..., object]], Callable[..., object]]:
     """Register ``fn`` as the rule of ``op_types`` for opsets ``lo <= v <= hi`` (None: open)."""
     lo, hi = opsets[0], _MAX_OPSET if opsets[1] is None else opsets[1]
@@ -64,7 +68,7 @@ def rule(
                         f"rule for {domain or 'ai.onnx'}::{op_type} opsets {lo}-{hi} overlaps "
                         f"{other.fn.__module__}.{other.fn.__name__} ({other.lo}-{other.hi})"
                     )
-            _RULES.setdefault(key, []).append(RuleEntry(key[0], op_type, lo, hi, fn, macs, nm_axis))
+            _RULES.setdefault(key, []).append(RuleEntry(key[0], op_type, lo, hi, fn, macs, nm_axis, derived))
         return fn
 
     return register

@@ -22,6 +22,10 @@ class Case:
     batch: str = "1"
 
 
+# small integer weights for the quantized-op cases
+_Q64 = ", ".join(str((7 * i) % 11 - 5) for i in range(64))
+_U64 = ", ".join(str(120 + (5 * i) % 17) for i in range(64))
+
 C = [
     # -- unary element-wise ----------------------------------------------------------------
     *[
@@ -403,6 +407,34 @@ C = [
         )
         for op, g in (("LSTM", 4), ("GRU", 3), ("RNN", 1))
     ],
+    # quantization (tests/rules/test_quant.py has the QDQ weight and zoo cases)
+    Case(
+        "qdq_pair",
+        "q = QuantizeLinear (c1, s1, z1)\n y = DequantizeLinear (q, s1, z1)",
+        decl="float s1 = {0.05}, uint8 z1 = {128}",
+    ),
+    *[
+        Case(
+            f"{cid}_blocks",
+            body,
+            "block:computes on quantized tensors",
+            decl="float s1 = {0.05}, uint8 z1 = {128}, int8 kz = {0}, "
+            f"int8[8, 8{dims}] kq = {{{_Q64}}}, uint8[8, 8{dims}] ku = {{{_U64}}}",
+        )
+        for cid, dims, body in [
+            ("qlinearconv", ", 1, 1", "q = QuantizeLinear (c1, s1, z1)\n"
+             " k = QLinearConv (q, s1, z1, kq, s1, kz, s1, z1)\n y = DequantizeLinear (k, s1, z1)"),
+            ("convinteger", ", 1, 1", "q = QuantizeLinear (c1, s1, z1)\n k = ConvInteger (q, ku, z1)\n"
+             " y = Cast <to = 1> (k)"),
+            ("matmulinteger", "", "q = QuantizeLinear (c1, s1, z1)\n t = Transpose <perm = [0, 2, 3, 1]> (q)\n"
+             " k = MatMulInteger (t, ku, z1)\n f = Cast <to = 1> (k)\n y = Transpose <perm = [0, 3, 1, 2]> (f)"),
+            ("qlinearmatmul", "", "q = QuantizeLinear (c1, s1, z1)\n t = Transpose <perm = [0, 2, 3, 1]> (q)\n"
+             " k = QLinearMatMul (t, s1, z1, kq, s1, kz, s1, z1)\n f = DequantizeLinear (k, s1, z1)\n"
+             " y = Transpose <perm = [0, 3, 1, 2]> (f)"),
+            ("dynamicquantizelinear", "", "q, qs, qz = DynamicQuantizeLinear (c1)\n"
+             " y = DequantizeLinear (q, qs, qz)"),
+        ]
+    ],  # fmt: skip
     Case("unknown_op_blocks", "y = LRN <size = 3> (c1)", "block:no rule"),
     Case(
         "shared_initializer_elsewhere_blocks",
