@@ -77,11 +77,14 @@ def _dq_check(node, view) -> tuple[Derived | None, str]:
     axis = axis + xa.ndim if axis < 0 else axis
     per_axis = _per_axis(xa.shape, sa, axis)
     if per_axis is None:
-        return None, f"DequantizeLinear scale of shape {list(sa.shape)} is neither per-tensor nor per-axis"
+        return (
+            None,
+            f"DequantizeLinear scale of shape {list(sa.shape)} is neither per-tensor nor per-axis",
+        )
     sliced = [x] + ([s] + ([z] if z else []) if per_axis else [])
     for name in sliced:
         v = view.values.get(name)
-        if v is None or v.is_graph_input() and v.const_value is None:
+        if v is None or (v.is_graph_input() and v.const_value is None):
             return None, f"{name} is not a constant"
         if len(v.uses()) != 1 or v.is_graph_output():
             return None, f"quantized constant {name} is also read by another node"
@@ -100,7 +103,9 @@ def _dq_check(node, view) -> tuple[Derived | None, str]:
 
     def zero(get: Callable[[str], np.ndarray], a: int, idx: np.ndarray) -> None:
         arr = get(x)
-        target = np.broadcast_to(np.asarray(zb if za is not None else 0).astype(arr.dtype), arr.shape)
+        target = np.broadcast_to(
+            np.asarray(zb if za is not None else 0).astype(arr.dtype), arr.shape
+        )
         sl = [slice(None)] * arr.ndim
         sl[a] = idx
         arr[tuple(sl)] = target[tuple(sl)]
@@ -123,7 +128,11 @@ def _quant_range(ctx: RuleContext) -> tuple[float, float] | None:
         dt = np.dtype(z.dtype)
     else:
         to = int(ctx.attr("output_dtype", 0) or 0)
-        dt = np.dtype(np.uint8) if to in (0, 2) else {3: np.dtype(np.int8), 4: np.dtype(np.uint16), 5: np.dtype(np.int16)}.get(to)
+        dt = (
+            np.dtype(np.uint8)
+            if to in (0, 2)
+            else {3: np.dtype(np.int8), 4: np.dtype(np.uint16), 5: np.dtype(np.int16)}.get(to)
+        )
     return None if dt is None or dt not in _INT_RANGES else tuple(map(float, _INT_RANGES[dt]))
 
 
@@ -145,7 +154,9 @@ def _qdq_transfer(ctx: RuleContext, links, per_axis: bool, axis: int, quantize: 
             if quantize:
                 if rng is None:
                     return np.full_like(k, np.nan)
-                q = np.clip(np.rint(k32 / np.float32(ss) if np.ndim(ss) == 0 else k32 / ss) + zz, *rng)
+                q = np.clip(
+                    np.rint(k32 / np.float32(ss) if np.ndim(ss) == 0 else k32 / ss) + zz, *rng
+                )
                 return np.where(np.isnan(k), np.nan, q).astype(np.float64)
             return ((k32 - zz) * ss).astype(np.float64)
 
@@ -154,7 +165,9 @@ def _qdq_transfer(ctx: RuleContext, links, per_axis: bool, axis: int, quantize: 
         for ln in links:
             src = kappa.get(ln.a)
             n = ctx.slot_size(ln.b)
-            out[ln.b] = np.full(n, np.nan) if src is None else fn(np.asarray(src, dtype=np.float64), ln.b)
+            out[ln.b] = (
+                np.full(n, np.nan) if src is None else fn(np.asarray(src, dtype=np.float64), ln.b)
+            )
         return out
 
     return transfer
@@ -177,18 +190,25 @@ def _activation(node, ctx: RuleContext, quantize: bool) -> OpFacts:
     axis = ctx.axis(x, int(ctx.attr("axis", 1)))
     per_axis = _per_axis(xs, sa, axis)
     if per_axis is None:
-        return block(ctx, f"{node.op_type} scale of shape {list(sa.shape)} is neither per-tensor nor per-axis")
+        return block(
+            ctx,
+            f"{node.op_type} scale of shape {list(sa.shape)} is neither per-tensor nor per-axis",
+        )
     passthrough(ctx, x, y, facts=facts)
     if per_axis:
         for ln in facts.links:
             if axis in ln.b.axes:
                 if ln.b.axes != (axis,):
-                    return block(ctx, f"per-axis {node.op_type} across composite channel slot {ln.b}")
+                    return block(
+                        ctx, f"per-axis {node.op_type} across composite channel slot {ln.b}"
+                    )
                 for name in (s, z):
                     if name is None:
                         continue
                     if not ctx.is_param(name):
-                        return block(ctx, f"{node.op_type} per-axis {name} is not a constant initializer")
+                        return block(
+                            ctx, f"{node.op_type} per-axis {name} is not a constant initializer"
+                        )
                     facts.params.append(Param(name, 0, ln.b, Role.DIVISOR))
     facts.transfer = _qdq_transfer(ctx, facts.links, per_axis, axis, quantize)
     return facts
@@ -209,7 +229,11 @@ def dequantize_linear(node, ctx: RuleContext) -> OpFacts:
 @rule("QuantizeLinear", opsets=(10, None))
 def quantize_linear(node, ctx: RuleContext) -> OpFacts:
     if ctx.const(ctx.input(0)) is not None:
-        return block(ctx, "QuantizeLinear of a constant: the weight is quantized at run time", (ctx.output(0),))
+        return block(
+            ctx,
+            "QuantizeLinear of a constant: the weight is quantized at run time",
+            (ctx.output(0),),
+        )
     return _activation(node, ctx, quantize=True)
 
 

@@ -148,7 +148,10 @@ CASES += [
         "qdq_activation_per_channel",
         act="pq = QuantizeLinear <axis = 1> (p, as, az)\n  y = DequantizeLinear <axis = 1> (pq, as, az)",
         extra_decl="float[8] as, uint8[8] az",
-        extra_weights={"as": np.full(8, 0.05, np.float32), "az": np.arange(120, 128, dtype=np.uint8)},
+        extra_weights={
+            "as": np.full(8, 0.05, np.float32),
+            "az": np.arange(120, 128, dtype=np.uint8),
+        },
     ),
     # a removed channel carries Sigmoid(0) = 0.5 through QDQ (exactly 0.5 at scale 0.05) and
     # folds into the consumer's bias, a DQ'd int32 tensor: the result is a float bias
@@ -299,7 +302,9 @@ def _quantize(src: Path, dst: Path, per_channel: bool) -> None:
     class Reader(quant.CalibrationDataReader):
         def __init__(self) -> None:
             rng = np.random.default_rng(0)
-            self.it = iter([{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(3)])
+            self.it = iter(
+                [{inp.name: rng.standard_normal(shape).astype(np.float32)} for _ in range(3)]
+            )
 
         def get_next(self):
             return next(self.it, None)
