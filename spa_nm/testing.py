@@ -45,11 +45,11 @@ def random_feeds(model: ir.Model, seed: int = 0, batch: int = 2, size: int = 32)
         ]
         dt = _NP.get(v.dtype, np.float32)
         if np.issubdtype(dt, np.floating):
-            feeds[v.name] = rng.standard_normal(shape).astype(dt)
+            feeds[v.name] = np.asarray(rng.standard_normal(shape).astype(dt))
         elif dt is np.bool_:
-            feeds[v.name] = rng.random(shape) > 0.5
+            feeds[v.name] = np.asarray(rng.random(shape) > 0.5)  # an array even for shape []
         else:
-            feeds[v.name] = rng.integers(0, 8, size=shape).astype(dt)
+            feeds[v.name] = np.asarray(rng.integers(0, 8, size=shape).astype(dt))
     return feeds
 
 
