@@ -81,20 +81,24 @@ def prune(
     seed: int = 0,
     check: bool = True,
     groups: tuple[int, ...] | list[int] | None = None,
-    hessian: str | None = None,
+    hessian: Any = None,
     calibration: str | os.PathLike | None = None,
 ) -> PruneResult:
     """Remove a fraction ``ratio`` of the channels of every prunable group.
 
-    ``groups`` restricts pruning to those group ids (see `analyze`). ``hessian`` and
-    ``calibration`` (a .npz) configure ``criterion="obspa"`` (`spa_nm.obspa.ObspaOptions`).
+    ``groups`` restricts pruning to those group ids (see `analyze`). ``hessian`` (a proxy
+    name, or a whole `spa_nm.obspa.ObspaOptions`) and ``calibration`` (a .npz) configure
+    ``criterion="obspa"``.
     Returns a new model (the input is not modified) and the report of the contract.
     """
     obspa = None
     if criterion == "obspa":
         from spa_nm.obspa import ObspaOptions
 
-        obspa = ObspaOptions.make(hessian, calibration, seed=seed)
+        if isinstance(hessian, ObspaOptions):  # every option (damping, samples, ...)
+            obspa = hessian
+        else:
+            obspa = ObspaOptions.make(hessian, calibration, seed=seed)
     elif hessian is not None or calibration is not None:
         raise ConfigError("hessian and calibration data apply to criterion 'obspa' only")
     cfg = PruneConfig(
