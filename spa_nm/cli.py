@@ -299,6 +299,7 @@ def _add_finetune_parser(sub, common) -> None:
     pf.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer (default: adamw; sgd uses momentum 0.9)")
     pf.add_argument("--weight-decay", type=_float_arg(0), default=0.0, help="weight decay (default: 0)")
     pf.add_argument("--seed", type=int, default=0, help="seed of the initial order, split and torch (default: 0)")
+    pf.add_argument("--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's; 1 is often fastest for small models)")
     pf.add_argument("--val-fraction", type=_float_arg(0, 1, lo_open=True), default=0.2, help="validation share when --val is not given (default: 0.2)")
     pf.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="node names or wildcard patterns to leave dense")
     pf.add_argument("--lambda-w", type=_float_arg(0), default=SRSTE_LAMBDA, help=f"SR-STE's lambda_W (default: {SRSTE_LAMBDA:g})")
@@ -324,6 +325,10 @@ def _finetune(args) -> int:
     if args.report:
         io.check_output_path(args.report, [*inputs, args.output])
     model = api.load(args.model)
+    if args.threads and args.method != "oneshot":
+        from spa_nm.train.finetune import _torch
+
+        _torch().set_num_threads(args.threads)
     t0 = time.perf_counter()
     new, rep = finetune(
         model, args.data, val=args.val, method=args.method, pattern=spec, epochs=args.epochs,
@@ -331,6 +336,7 @@ def _finetune(args) -> int:
         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, seed=args.seed,
         val_fraction=args.val_fraction, ignore=tuple(args.ignore), lambda_w=args.lambda_w,
         beta=args.beta, k=args.geometric_k, dense_frac=args.dense_frac, final_frac=args.final_frac,
+        source=args.model,
     )  # fmt: skip
     io.save(new, args.output, inputs=inputs)
     rep = {"input": args.model, "output": args.output, "data": args.data, "status": "ok", **rep}

@@ -34,7 +34,7 @@ import onnx_ir as ir
 
 from spa_nm.errors import ConfigError, InputError, SpaNmError
 from spa_nm.nm import NMSpec, check_nm
-from spa_nm.train.data import Dataset, load_arrays, make_dataset, split
+from spa_nm.train.data import Dataset, load_arrays, make_dataset, model_inputs, split
 from spa_nm.train.sparse import (
     DEFAULT_GEOMETRIC_K,
     METHODS,
@@ -111,6 +111,7 @@ def finetune(
     k: int = DEFAULT_GEOMETRIC_K,
     dense_frac: float | None = None,
     final_frac: float | None = None,
+    source: str | None = None,
 ) -> tuple[ir.Model, dict[str, Any]]:
     """Fine-tune ``model`` on ``data`` with ``method`` and return (new model, report).
 
@@ -127,6 +128,7 @@ def finetune(
         val: a separate validation set; default a stratified ``val_fraction`` split of ``data``.
         ignore: node names or wildcards left dense (as in `spa_nm.sparsify`).
         lambda_w, beta, k, dense_frac, final_frac: schedule options, see `NMSparsifier`.
+        source: how errors name the model (its file); default the graph's name.
 
     Raises:
         ConfigError: bad option, or torch missing. InputError: data that does not fit the model.
@@ -176,6 +178,7 @@ def finetune(
                 epochs=epochs, steps=steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                 weight_decay=weight_decay, momentum=momentum, lr_schedule=lr_schedule, seed=seed,
                 ignore=ignore, lambda_w=lambda_w, beta=beta, k=k, dense_frac=dense_frac, final_frac=final_frac,
+                source=source or model.graph.name or "<model>",
             )  # fmt: skip
             report.update(train_rep)
         report["sparsity"] = _check_exported(new, targets, spec)
@@ -253,12 +256,17 @@ def evaluate(path: str | os.PathLike, ds: Dataset, teacher_path: str | os.PathLi
 
 
 def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, steps, lr, batch_size, optimizer,
-           weight_decay, momentum, lr_schedule, seed, ignore, lambda_w, beta, k, dense_frac, final_frac):  # fmt: skip
+           weight_decay, momentum, lr_schedule, seed, ignore, lambda_w, beta, k, dense_frac, final_frac, source):  # fmt: skip
     torch = _torch()
     from spa_nm.train import to_torch, write_back
 
     n = len(train)
-    per_epoch = math.ceil(n / batch_size)
+    static = {d[0] for _, d, _ in model_inputs(model) if d and d[0] is not None}
+    if static and batch_size not in static:
+        b0 = min(static)
+        raise ConfigError(f"{source}: the model's batch dimension is fixed at {b0}: use batch size {b0}, or export the model with a dynamic batch")
+    drop_last = bool(static) and n >= batch_size  # a fixed batch cannot take a short last batch
+    per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
     total = steps if steps is not None else (epochs or 1) * per_epoch
     targets, done, skipped = ({}, [], []) if method == "dense" else find_targets(model, spec, tuple(ignore))
     torch.manual_seed(seed)
@@ -283,6 +291,7 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
     targets_t = None if teacher is None else [torch.from_numpy(np.ascontiguousarray(t)) for t in teacher]
     history: list[dict[str, Any]] = []
     step = epoch = 0
+    mod.train()  # Dropout active, BatchNormalization statistics updated (as torch fine-tuning does)
     while step < total:
         order = torch.from_numpy(rng.permutation(n))
         loss_sum = correct = seen = 0
@@ -291,7 +300,12 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
             if step >= total:
                 break
             idx = order[s : s + batch_size]
-            outs = mod(**{name: v[idx] for name, v in inputs.items()})
+            if drop_last and len(idx) < batch_size:
+                break
+            try:
+                outs = mod(**{name: v[idx] for name, v in inputs.items()})
+            except RuntimeError as e:  # the interpreter names the node
+                raise SpaNmError(f"{source}: the torch forward pass failed: {str(e).splitlines()[0][:300]}") from e
             if labels is not None:
                 logits = outs[0].float()
                 loss = torch.nn.functional.cross_entropy(logits, labels[idx])
@@ -307,7 +321,7 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
             sched.step()
             sp.after_step()
             step += 1
-            loss_sum += float(loss) * len(idx)
+            loss_sum += loss.item() * len(idx)
             seen += len(idx)
         epoch += 1
         entry = {"epoch": epoch, "step": step, "loss": round(loss_sum / max(seen, 1), 6), "sad": int(sum(sp.sad[sad0:]))}
@@ -315,6 +329,7 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
             entry["train_accuracy"] = round(correct / max(seen, 1), 6)
         history.append(entry)
         log.info("epoch %d (step %d/%d): loss %.4f", epoch, step, total, entry["loss"])
+    mod.eval()
     masks = sp.final_masks() or None
     new = write_back(model, mod, masks=masks)
     rep = {
