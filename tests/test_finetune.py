@@ -162,10 +162,10 @@ def test_distillation_without_labels(tmp_path, mlp_path):
     z = blobs()
     np.savez(tmp_path / "nolabels.npz", x=z["x"])
     model = spa_nm.load(mlp_path)
-    new, rep = finetune(model, tmp_path / "nolabels.npz", method="sr-ste", pattern="2:4", epochs=10, lr=0.01, batch_size=32)
+    _, rep = finetune(model, tmp_path / "nolabels.npz", method="sr-ste", pattern="2:4", epochs=10, lr=0.01, batch_size=32)
     assert rep["loss"].startswith("distillation")
     assert rep["val"]["before"]["mse_to_input_model"] == 0.0
-    oneshot, rep1 = finetune(model, tmp_path / "nolabels.npz", method="oneshot", pattern="2:4")
+    _, rep1 = finetune(model, tmp_path / "nolabels.npz", method="oneshot", pattern="2:4")
     # training towards the dense outputs beats the untrained magnitude mask
     assert rep["val"]["after"]["mse_to_input_model"] < rep1["val"]["after"]["mse_to_input_model"]
     assert rep["val"]["after"]["top1_agreement"] >= rep1["val"]["after"]["top1_agreement"]
