@@ -94,7 +94,9 @@ class ObspaOptions:
 
     def __post_init__(self) -> None:
         if self.hessian not in HESSIANS:
-            raise ConfigError(f"unknown hessian {self.hessian!r}; choose from {', '.join(HESSIANS)}")
+            raise ConfigError(
+                f"unknown hessian {self.hessian!r}; choose from {', '.join(HESSIANS)}"
+            )
         if (self.hessian == "data") != (self.data is not None):
             raise ConfigError("hessian 'data' needs a calibration .npz, and only it takes one")
         if not (self.damp >= 0 and math.isfinite(self.damp)):
@@ -103,7 +105,9 @@ class ObspaOptions:
             raise ConfigError(f"samples must be positive, got {self.samples}")
 
     @classmethod
-    def make(cls, hessian: str | None = None, data: str | Path | None = None, **kw: Any) -> ObspaOptions:
+    def make(
+        cls, hessian: str | None = None, data: str | Path | None = None, **kw: Any
+    ) -> ObspaOptions:
         """Options from user input: a calibration file alone means ``hessian="data"``."""
         if hessian is None:
             hessian = "data" if data is not None else DEFAULT_HESSIAN
@@ -236,7 +240,9 @@ def _conv(dg: DependencyGraph, i: int, node: ir.Node, p, group: ChannelGroup) ->
         pads = [0] * (2 * nd)
     pos = np.searchsorted(group.units, dg.elements(p.param_slot))
     per_out = o // g
-    blocks = [(np.arange(j * per_out, (j + 1) * per_out), slice(j * cg, (j + 1) * cg)) for j in range(g)]
+    blocks = [
+        (np.arange(j * per_out, (j + 1) * per_out), slice(j * cg, (j + 1) * cg)) for j in range(g)
+    ]
 
     def patches(xa: np.ndarray, ch: slice) -> np.ndarray:
         return _im2col(xa[:, ch], k, strides, dil, pads)
@@ -262,7 +268,12 @@ def _im2col(x: np.ndarray, k, strides, dil, pads) -> np.ndarray:
     xp = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[a + nd]) for a in range(nd)])
     win = [(k[a] - 1) * dil[a] + 1 for a in range(nd)]
     v = np.lib.stride_tricks.sliding_window_view(xp, win, axis=tuple(range(2, 2 + nd)))
-    sl = (slice(None), slice(None), *(slice(None, None, s) for s in strides), *(slice(None, None, d) for d in dil))
+    sl = (
+        slice(None),
+        slice(None),
+        *(slice(None, None, s) for s in strides),
+        *(slice(None, None, d) for d in dil),
+    )
     v = v[sl]  # [N, C, *out, *k]
     order = (1, *range(2 + nd, 2 + 2 * nd), 0, *range(2, 2 + nd))
     return v.transpose(order).reshape(x.shape[1] * math.prod(k), -1)
@@ -310,7 +321,11 @@ def _matmul(dg: DependencyGraph, i: int, node: ir.Node, p, group: ChannelGroup) 
                   lambda m: m.T, lambda xa, ch: xa.reshape(-1, kdim).T, channel_axis=rank - 1)  # fmt: skip
 
 
-_ADAPTERS: dict[str, Callable[..., _Layer | str]] = {"Conv": _conv, "Gemm": _gemm, "MatMul": _matmul}
+_ADAPTERS: dict[str, Callable[..., _Layer | str]] = {
+    "Conv": _conv,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+}
 
 
 def consumer_layers(dg: DependencyGraph, group: ChannelGroup, max_cols: int = 8192):
@@ -351,7 +366,9 @@ def _std_normal_cdf(t: np.ndarray) -> np.ndarray:
 
 def _std_normal_pdf(t: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        return np.where(np.isfinite(t), np.exp(-0.5 * np.minimum(t * t, 1e300)) / math.sqrt(2 * math.pi), 0.0)
+        return np.where(
+            np.isfinite(t), np.exp(-0.5 * np.minimum(t * t, 1e300)) / math.sqrt(2 * math.pi), 0.0
+        )
 
 
 def clipped_moments(mu, sigma, lo: float = -math.inf, hi: float = math.inf):
@@ -461,9 +478,13 @@ class _Capture:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
         try:
-            sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(
+                proto.SerializeToString(), so, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:
-            raise SpaNmError(f"OBSPA: onnxruntime cannot run the model ({str(e).splitlines()[0][:200]})") from e
+            raise SpaNmError(
+                f"OBSPA: onnxruntime cannot run the model ({str(e).splitlines()[0][:200]})"
+            ) from e
         acc: dict[int, list[list]] = {}
         for feeds in self._batches(sess):
             outs = dict(zip(names, sess.run(names, feeds), strict=True))
@@ -488,7 +509,12 @@ class _Capture:
             if n < b:
                 raise InputError(f"{self.opts.data}: {n} samples, the model takes batches of {b}")
             for start in range(0, min(n, max(want, b)) - b + 1, b):
-                yield {i.name: np.asarray(arrays[i.name][start : start + b]).astype(_NP.get(i.type, np.float32)) for i in inputs}
+                yield {
+                    i.name: np.asarray(arrays[i.name][start : start + b]).astype(
+                        _NP.get(i.type, np.float32)
+                    )
+                    for i in inputs
+                }
             return
         rng = np.random.default_rng(self.opts.seed)
         lead = inputs[0].shape[0] if inputs and inputs[0].shape else 1
@@ -497,7 +523,10 @@ class _Capture:
         for _ in range(max(1, math.ceil(want / b))):
             feeds = {}
             for i in inputs:
-                shape = [d if isinstance(d, int) and d > 0 else (b if j == 0 else 32) for j, d in enumerate(i.shape)]
+                shape = [
+                    d if isinstance(d, int) and d > 0 else (b if j == 0 else 32)
+                    for j, d in enumerate(i.shape)
+                ]
                 dt = _NP.get(i.type, np.float32)
                 if np.issubdtype(dt, np.floating):
                     feeds[i.name] = rng.standard_normal(shape).astype(dt)
@@ -513,7 +542,12 @@ class _Capture:
         view = self.dg.view
         for name in view.graph_inputs:
             for c in view.consumers(name):
-                if c.op_type == "Gather" and len(c.inputs) > 1 and c.inputs[1] is not None and c.inputs[1].name == name:
+                if (
+                    c.op_type == "Gather"
+                    and len(c.inputs) > 1
+                    and c.inputs[1] is not None
+                    and c.inputs[1].name == name
+                ):
                     table = view.const(c.inputs[0].name)
                     if table is not None and int(_attr(c, "axis", 0)) == 0:
                         out[name] = min(out.get(name, table.shape[0]), table.shape[0])
@@ -627,17 +661,27 @@ class ObspaScorer:
                     grams[id(lay)] = ("identity", [])
                     continue
                 mom = _bn_moments(view, lay.input) if opts.hessian == "bn" else None
-                if mom is not None and lay.channel_axis == 1 and len(mom[0]) == (view.shape(lay.input) or (0, 0))[1]:
+                if (
+                    mom is not None
+                    and lay.channel_axis == 1
+                    and len(mom[0]) == (view.shape(lay.input) or (0, 0))[1]
+                ):
                     grams[id(lay)] = ("bn", [_bn_gram(lay, mom, ch) for _, ch in lay.blocks])
                 else:
                     need.append(lay)
         if need:
             got = _Capture(self.dg, opts).run(need)
-            fallback = "synthetic (no BatchNormalization feeds it)" if opts.hessian == "bn" else opts.hessian
+            fallback = (
+                "synthetic (no BatchNormalization feeds it)"
+                if opts.hessian == "bn"
+                else opts.hessian
+            )
             for k, lay in enumerate(need):
                 grams[id(lay)] = (fallback, got[k])
         self._states = {
-            gid: [_State.build(lay, grams[id(lay)][0], grams[id(lay)][1], opts.damp) for lay in lays]
+            gid: [
+                _State.build(lay, grams[id(lay)][0], grams[id(lay)][1], opts.damp) for lay in lays
+            ]
             for gid, lays in layers.items()
         }
         return self._states
@@ -651,7 +695,9 @@ class ObspaScorer:
             s = l2(self.dg, group)[0]
             mean = float(np.mean(s)) if s.size else 0.0
             why = "; ".join(skipped) or "no consumer reads it through a constant weight"
-            return (s / mean if mean > 0 else s), f"no compensable consumer ({why}): fell back to l2"
+            return (
+                s / mean if mean > 0 else s
+            ), f"no compensable consumer ({why}): fell back to l2"
         pos = np.arange(group.size)
         score = sum(st.errors(pos) for st in states)
         note = f"not compensated: {'; '.join(skipped)}" if skipped else None

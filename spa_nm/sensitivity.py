@@ -27,7 +27,14 @@ import onnx_ir as ir
 
 from spa_nm.errors import ConfigError, InputError
 
-__all__ = ["DEFAULT_RATIOS", "PER", "format_table", "load_eval_data", "sensitivity", "write_outputs"]
+__all__ = [
+    "DEFAULT_RATIOS",
+    "PER",
+    "format_table",
+    "load_eval_data",
+    "sensitivity",
+    "write_outputs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +57,9 @@ def _session(model: ir.Model):
     )
 
 
-def load_eval_data(path: str | os.PathLike, input_names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def load_eval_data(
+    path: str | os.PathLike, input_names: list[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Inputs (by input name, or ``x_val`` / ``x`` / ``x_train`` for a one-input model) and the
     optional ``labels`` (or ``y_val`` / ``y`` / ``y_train`` beside the matching x)."""
     p = Path(path)
@@ -64,19 +73,25 @@ def load_eval_data(path: str | os.PathLike, input_names: list[str]) -> tuple[dic
     labels = arrays.get("labels")
     if all(n in arrays for n in input_names):
         inputs = {n: arrays[n] for n in input_names}
-    elif len(input_names) == 1 and (key := next((k for k in ("x_val", "x", "x_train") if k in arrays), None)):
+    elif len(input_names) == 1 and (
+        key := next((k for k in ("x_val", "x", "x_train") if k in arrays), None)
+    ):
         inputs = {input_names[0]: arrays[key]}
         if labels is None:
             labels = arrays.get("y" + key[1:])
     else:
-        raise InputError(f"{p}: no arrays for the model inputs {input_names} (keys: {sorted(arrays)})")
+        raise InputError(
+            f"{p}: no arrays for the model inputs {input_names} (keys: {sorted(arrays)})"
+        )
     n = {len(a) for a in inputs.values()}
     if len(n) != 1 or 0 in n:
         raise InputError(f"{p}: input arrays are empty or differ in length")
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
         if labels.size != n.pop():
-            raise InputError(f"{p}: {labels.size} labels for {len(next(iter(inputs.values())))} samples")
+            raise InputError(
+                f"{p}: {labels.size} labels for {len(next(iter(inputs.values())))} samples"
+            )
     return inputs, labels
 
 
@@ -92,13 +107,21 @@ def _batches(sess, data, samples: int, seed: int) -> list[dict[str, np.ndarray]]
         if n < b:
             raise InputError(f"{n} samples, the model takes batches of {b}")
         for s in range(0, n - b + 1 if static else n, b):
-            out.append({i.name: np.asarray(data[i.name][s : s + b]).astype(_NP.get(i.type, np.float32)) for i in inputs})
+            out.append(
+                {
+                    i.name: np.asarray(data[i.name][s : s + b]).astype(_NP.get(i.type, np.float32))
+                    for i in inputs
+                }
+            )
         return out
     rng = np.random.default_rng(seed)
     for _ in range(max(1, -(-samples // b))):
         feeds = {}
         for i in inputs:
-            shape = [d if isinstance(d, int) and d > 0 else (b if j == 0 else 32) for j, d in enumerate(i.shape)]
+            shape = [
+                d if isinstance(d, int) and d > 0 else (b if j == 0 else 32)
+                for j, d in enumerate(i.shape)
+            ]
             dt = _NP.get(i.type, np.float32)
             if np.issubdtype(dt, np.floating):
                 feeds[i.name] = rng.standard_normal(shape).astype(dt)
@@ -112,13 +135,22 @@ def _batches(sess, data, samples: int, seed: int) -> list[dict[str, np.ndarray]]
 
 def _outputs(sess, batches) -> list[np.ndarray]:
     runs = [sess.run(None, f) for f in batches]
-    return [np.concatenate([r[k] for r in runs]) if runs[0][k].ndim else runs[0][k] for k in range(len(runs[0]))]
+    return [
+        np.concatenate([r[k] for r in runs]) if runs[0][k].ndim else runs[0][k]
+        for k in range(len(runs[0]))
+    ]
 
 
 def _compare(ref: list[np.ndarray], got: list[np.ndarray], labels) -> dict[str, Any]:
-    diffs = [np.abs(a.astype(np.float64) - b.astype(np.float64)).reshape(-1) for a, b in zip(ref, got, strict=True)]
+    diffs = [
+        np.abs(a.astype(np.float64) - b.astype(np.float64)).reshape(-1)
+        for a, b in zip(ref, got, strict=True)
+    ]
     d = np.concatenate(diffs) if diffs else np.zeros(1)
-    out: dict[str, Any] = {"max_abs_error": float(d.max(initial=0.0)), "mean_abs_error": float(d.mean()) if d.size else 0.0}
+    out: dict[str, Any] = {
+        "max_abs_error": float(d.max(initial=0.0)),
+        "mean_abs_error": float(d.mean()) if d.size else 0.0,
+    }
     a, b = ref[0], got[0]
     if a.ndim == 2 and a.shape[1] > 1 and np.issubdtype(a.dtype, np.floating):
         out["top1_agreement"] = float(np.mean(a.argmax(1) == b.argmax(1)))
@@ -208,13 +240,19 @@ def format_table(result: dict[str, Any]) -> str:
     """One row per group (or layer): mean |output error| at each ratio."""
     key = "accuracy_drop" if "accuracy" in result else "mean_abs_error"
     label = "accuracy drop" if key == "accuracy_drop" else "mean |error|"
-    head = ["layer" if result["per"] == "layer" else "group", "size"] + [f"R={r:g}" for r in result["ratios"]]
+    head = ["layer" if result["per"] == "layer" else "group", "size"] + [
+        f"R={r:g}" for r in result["ratios"]
+    ]
     rows = [head]
     for e in result["entries"]:
-        name = e["layer"] if result["per"] == "layer" else f"#{e['group']} {(e['layers'] or ['?'])[0]}"
+        name = (
+            e["layer"] if result["per"] == "layer" else f"#{e['group']} {(e['layers'] or ['?'])[0]}"
+        )
         rows.append([name[:48], str(e["size"])] + [f"{x[key]:.3g}" for x in e["results"]])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = [f"{label} per ratio ({result['criterion']}, {result['inputs']} inputs, {result['samples']} samples)"]
+    lines = [
+        f"{label} per ratio ({result['criterion']}, {result['inputs']} inputs, {result['samples']} samples)"
+    ]
     for k, r in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if k == 0:
@@ -252,7 +290,9 @@ def _plot(result: dict[str, Any], path: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for e in result["entries"]:
-        name = e["layer"] if result["per"] == "layer" else f"#{e['group']} {(e['layers'] or ['?'])[0]}"
+        name = (
+            e["layer"] if result["per"] == "layer" else f"#{e['group']} {(e['layers'] or ['?'])[0]}"
+        )
         ys = [max(x["mean_abs_error"], 1e-12) for x in e["results"]]
         ax.plot(result["ratios"], ys, marker="o", label=name[-40:])
     ax.set_yscale("log")

@@ -16,7 +16,9 @@ from tests.helpers import model_from_text
 HEAD = '<ir_version: 8, opset_import: ["" : 13]>'
 
 # x -> Conv(w1, b1) -> BN(scale, ...) -> Relu -> Conv(w2, b2) -> Relu -> GAP -> Flatten -> Gemm
-CHAIN = HEAD + """
+CHAIN = (
+    HEAD
+    + """
 m (float[1, 3, 6, 6] input) => (float[1, 4] output)
 <float[6, 3, 3, 3] w1, float[6] b1, float[6] scale, float[6] shift, float[6] mean, float[6] var,
  float[5, 6, 1, 1] w2, float[5] b2, float[4, 5] wf, float[4] bf>
@@ -31,6 +33,7 @@ m (float[1, 3, 6, 6] input) => (float[1, 4] output)
   output = Gemm <transB = 1> (f, wf, bf)
 }
 """
+)
 
 
 def load(tmp_path, text=CHAIN, **weights):
@@ -142,7 +145,9 @@ def test_lamp_global_ranking_uses_lamp_values(tmp_path):
         if target and counts[gid] < dg.groups[gid].size - 1:
             counts[gid] += 1
             target -= 1
-    assert {gid: len(u) for gid, u in plan.removed.items()} == {k: v for k, v in counts.items() if v}
+    assert {gid: len(u) for gid, u in plan.removed.items()} == {
+        k: v for k, v in counts.items() if v
+    }
 
 
 def test_plan_restricted_to_one_group(tmp_path):

@@ -34,7 +34,9 @@ pytest.importorskip("onnxruntime")
 ZOO = Path(__file__).resolve().parents[1] / "models" / "onnx"
 HEAD = '<ir_version: 8, opset_import: ["" : 13]>'
 
-CONV = HEAD + """
+CONV = (
+    HEAD
+    + """
 m (float[4, 3, 9, 9] input) => (float[4, 6, {h}, {h}] output)
 <float[8, 3, 3, 3] w1, float[8] b1, float[6, {cg}, 3, 3] w2{bias_decl}>
 {{
@@ -43,7 +45,10 @@ m (float[4, 3, 9, 9] input) => (float[4, 6, {h}, {h}] output)
   output = Conv <{attrs}> (r1, w2{bias_use})
 }}
 """
-GEMM = HEAD + """
+)
+GEMM = (
+    HEAD
+    + """
 m (float[4, 6] input) => (float[4, 5] output)
 <float[10, 6] w1, float[10] b1, float[{wshape}] w2{bias_decl}>
 {{
@@ -52,7 +57,10 @@ m (float[4, 6] input) => (float[4, 5] output)
   output = Gemm <{attrs}> (r, w2{bias_use})
 }}
 """
-MATMUL = HEAD + """
+)
+MATMUL = (
+    HEAD
+    + """
 m (float[4, 7, 6] input) => (float[4, 7, 5] output)
 <float[6, 10] w1, float[10, 5] w2>
 {
@@ -61,7 +69,10 @@ m (float[4, 7, 6] input) => (float[4, 7, 5] output)
   output = MatMul (r, w2)
 }
 """
-FLATTEN = HEAD + """
+)
+FLATTEN = (
+    HEAD
+    + """
 m (float[4, 3, 4, 4] input) => (float[4, 5] output)
 <float[6, 3, 3, 3] w1, float[6] b1, float[5, 96] w2, float[5] b2>
 {
@@ -71,6 +82,7 @@ m (float[4, 3, 4, 4] input) => (float[4, 5] output)
   output = Gemm <transB = 1> (f, w2, b2)
 }
 """
+)
 
 
 def _conv(attrs: str, h: int, bias: bool = True, groups: int = 1) -> str:
@@ -123,7 +135,9 @@ def calibration(tmp_path, model: ir.Model, n: int = 32, seed: int = 3) -> tuple[
 
 def outputs(model: ir.Model, x: np.ndarray, batch: int) -> np.ndarray:
     name = model.graph.inputs[0].name
-    return np.concatenate([run(model, {name: x[s : s + batch]})[0] for s in range(0, len(x), batch)])
+    return np.concatenate(
+        [run(model, {name: x[s : s + batch]})[0] for s in range(0, len(x), batch)]
+    )
 
 
 def compensated_dense(res) -> ir.Model:
@@ -137,7 +151,9 @@ def compensated_dense(res) -> ir.Model:
     for i, b in plan.new_biases.items():
         node = nodes[[n.name for n in nodes].index(order[i].name)] if order[i].name else None
         assert node is not None, "test models name their nodes"
-        v = ir.Value(name=f"created_bias_{i}", shape=ir.Shape(b.shape), type=ir.TensorType(ir.DataType.FLOAT))
+        v = ir.Value(
+            name=f"created_bias_{i}", shape=ir.Shape(b.shape), type=ir.TensorType(ir.DataType.FLOAT)
+        )
         v.const_value = ir.tensor(b, name=v.name)
         add_initializer(m, v)
         node.resize_inputs(3)
@@ -228,7 +244,9 @@ def test_identity_hessian_selects_l2_on_consumer_columns(tmp_path):
 
 
 def test_linear_combination_channel_is_removed_at_zero_cost(tmp_path):
-    text = HEAD + """
+    text = (
+        HEAD
+        + """
     m (float[1, 4] input) => (float[1, 3] output)
     <float[4, 6] w1, float[6, 3] w2, float[3] b2>
     {
@@ -236,6 +254,7 @@ def test_linear_combination_channel_is_removed_at_zero_cost(tmp_path):
       output = Gemm (h, w2, b2)
     }
     """
+    )
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((4, 6)).astype(np.float32)
     w1[:, 5] = 0.5 * w1[:, 1] - 2.0 * w1[:, 2]  # channel 5 = 0.5·ch1 − 2·ch2
@@ -293,7 +312,10 @@ def test_data_hessian_beats_magnitude_on_one_linear_layer(tmp_path):
         for name, h in (("obspa", None), ("magnitude", "identity")):
             kw = {"calibration": path} if h is None else {"hessian": h}
             res = spa_nm.prune(m, ratio, "obspa", round_to=1, **kw)
-            errs[name] = (res.report["channels_removed"], float(np.sum((outputs(res.model, x, 4) - dense) ** 2)))
+            errs[name] = (
+                res.report["channels_removed"],
+                float(np.sum((outputs(res.model, x, 4) - dense) ** 2)),
+            )
         assert errs["obspa"][0] == errs["magnitude"][0] > 0
         assert errs["obspa"][1] <= errs["magnitude"][1]
 
@@ -302,7 +324,9 @@ def test_data_hessian_beats_magnitude_on_one_linear_layer(tmp_path):
 
 
 def test_bn_hessian_reads_batchnorm_moments(tmp_path):
-    text = HEAD + """
+    text = (
+        HEAD
+        + """
     m (float[1, 3, 8, 8] input) => (float[1, 5, 8, 8] output)
     <float[8, 3, 3, 3] w1, float[8] scale, float[8] shift, float[8] mean, float[8] var,
      float[5, 8, 1, 1] w2, float[5] b2>
@@ -313,6 +337,7 @@ def test_bn_hessian_reads_batchnorm_moments(tmp_path):
       output = Conv (r1, w2, b2)
     }
     """
+    )
     m = load_text(tmp_path, text)
     res = spa_nm.prune(m, 0.5, "obspa", hessian="bn", round_to=1)
     (layer,) = res.report["obspa"]["layers"]
@@ -323,7 +348,9 @@ def test_bn_hessian_reads_batchnorm_moments(tmp_path):
 
 
 def test_group_without_compensable_consumer_falls_back_to_l2(tmp_path):
-    text = HEAD + """
+    text = (
+        HEAD
+        + """
     m (float[1, 3, 6, 6] input) => (float[1, 4, 7, 7] output)
     <float[8, 3, 3, 3] w1, float[8] b1, float[8, 4, 2, 2] wt>
     {
@@ -332,6 +359,7 @@ def test_group_without_compensable_consumer_falls_back_to_l2(tmp_path):
       output = ConvTranspose (r1, wt)
     }
     """
+    )
     m = load_text(tmp_path, text)
     res = spa_nm.prune(m, 0.5, "obspa", round_to=1)
     assert res.report["channels_removed"] == 4
@@ -371,7 +399,10 @@ def test_cli_prunes_a_file_alone_with_obspa(tmp_path, capsys):
 
     entry = json.loads(rep.read_text())["models"][0]
     assert entry["obspa"]["hessian"] == "synthetic" and entry["obspa"]["layers"]
-    assert main(["prune", str(ZOO / "mlp.onnx"), "-o", str(out), "--ratio", "0.3", "--hessian", "bn"]) == 2
+    assert (
+        main(["prune", str(ZOO / "mlp.onnx"), "-o", str(out), "--ratio", "0.3", "--hessian", "bn"])
+        == 2
+    )
     assert "apply to --criterion obspa" in capsys.readouterr().err
 
 
@@ -395,9 +426,7 @@ def test_zoo_obspa_beats_l2_without_finetuning(name):
             e.append(np.abs(a - b).mean() / np.abs(a).mean())
         err[crit] = float(np.mean(e))
         if crit == "obspa":
-            np.testing.assert_allclose(
-                run(compensated_dense(_named(res)), feeds)[0], b, atol=1e-4
-            )
+            np.testing.assert_allclose(run(compensated_dense(_named(res)), feeds)[0], b, atol=1e-4)
     # measured (2 cores, this commit): vgg_bn 0.46 vs 0.003, resnet_basic 0.73 vs 0.008,
     # mobilenet_v2 0.34 vs 0.0001 (relative mean |logit error|)
     assert err["obspa"] < 0.2 * err["l2"], err
@@ -437,7 +466,11 @@ def test_zoo_with_batchnorm_both_proxies_beat_l2(export_dir, name):
     feeds = random_feeds(m, seed=41, batch=1)
     ref = run(m, feeds)[0]
     err = {}
-    for key, crit, h in (("l2", "l2", None), ("synthetic", "obspa", "synthetic"), ("bn", "obspa", "bn")):
+    for key, crit, h in (
+        ("l2", "l2", None),
+        ("synthetic", "obspa", "synthetic"),
+        ("bn", "obspa", "bn"),
+    ):
         res = spa_nm.prune(m, 0.3, crit, hessian=h)
         check_model(res.model)
         err[key] = float(np.abs(run(res.model, feeds)[0] - ref).mean())

@@ -64,7 +64,9 @@ def test_errors_grow_with_ratio_on_a_zoo_model():
         assert removed == sorted(removed) and removed[0] >= 1 and removed[-1] > removed[0]
         errs = [r["mean_abs_error"] for r in e["results"]]
         assert errs[-1] > errs[0] > 0, e
-        assert [r["macs_after"] for r in e["results"]] == sorted((r["macs_after"] for r in e["results"]), reverse=True)
+        assert [r["macs_after"] for r in e["results"]] == sorted(
+            (r["macs_after"] for r in e["results"]), reverse=True
+        )
         mean += np.array(errs) / np.mean(errs)
     assert np.all(np.diff(mean) > 0), mean  # on average over groups, strictly growing
     assert all(0 <= r["top1_agreement"] <= 1 for e in res["entries"] for r in e["results"])
@@ -72,10 +74,30 @@ def test_errors_grow_with_ratio_on_a_zoo_model():
 
 def test_json_schema_table_and_plot(tmp_path, capsys):
     out = tmp_path / "sens"
-    rc = main(["sensitivity", str(ZOO / "mlp.onnx"), "-o", str(out), "--ratios", "0.25,0.5", "--samples", "4"])
+    rc = main(
+        [
+            "sensitivity",
+            str(ZOO / "mlp.onnx"),
+            "-o",
+            str(out),
+            "--ratios",
+            "0.25,0.5",
+            "--samples",
+            "4",
+        ]
+    )
     assert rc == 0
     data = json.loads((out / "sensitivity.json").read_text())
-    assert {"model", "criterion", "ratios", "per", "round_to", "inputs", "samples", "entries"} <= set(data)
+    assert {
+        "model",
+        "criterion",
+        "ratios",
+        "per",
+        "round_to",
+        "inputs",
+        "samples",
+        "entries",
+    } <= set(data)
     assert data["ratios"] == [0.25, 0.5] and data["inputs"] == "random" and data["samples"] == 4
     for e in data["entries"]:
         assert {"group", "size", "layers", "results"} <= set(e)
