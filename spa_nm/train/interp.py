@@ -1,0 +1,330 @@
+"""An ONNX graph as a trainable ``torch.nn.Module``: our own interpreter (no onnx2torch).
+
+`to_torch` turns each node into a kernel from the per-op registry (`spa_nm.train.registry`;
+families in ``ops_math``, ``ops_nn``, ``ops_tensor``, ``ops_resize``) once, at build time, so an
+unsupported op or attribute raises `UnsupportedOpError` before any forward pass. The module's
+forward walks the kernels in graph order over a dict of named tensors.
+
+What the constants become (METHODS.md §2 trains these weights; the roles come from the
+registry, see its docstring):
+
+* **parameters**: float initializers and float Constant-node values read as weights (Conv,
+  Gemm, MatMul, norms, PRelu, Gather data) or as multi-element data that is not a mask
+  (no value is non-finite or of magnitude >= 1e4, the -inf / finfo.min / -1e4 of additive
+  attention masks). ``onnx_parameters()``
+  returns them keyed by their ONNX name; ``weight_transforms[name]`` replaces a parameter by
+  ``fn(param)`` in the forward pass (N:M masks, mask decay).
+* **buffers** (move with ``.to(device)``, saved in ``state_dict``): other float constants,
+  BatchNormalization running statistics among them (updated in train mode).
+* **host constants** (kept on the CPU, not trainable): integer and bool constants and anything
+  read as a shape, axes, pads or scales. With ``Shape`` computed on the CPU too, shape
+  arithmetic never waits for an accelerator; tensors on two devices meeting in a data slot are
+  moved to the accelerator.
+
+`spa_nm.train.write_back` writes the trained values back into the same ONNX graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import torch  # noqa: TID253 - spa_nm.train.interp is only imported by to_torch
+from torch import nn  # noqa: TID253
+
+from spa_nm.train import ops_math, ops_nn, ops_resize, ops_tensor  # noqa: F401  (registration)
+from spa_nm.train.ops_common import as_tensor
+from spa_nm.train.ops_tensor import constant_value
+from spa_nm.train.registry import NodeSpec, UnsupportedOpError, lookup
+
+__all__ = ["OnnxModule", "to_torch"]
+
+log = logging.getLogger(__name__)
+
+_FLOAT_KINDS = ("f",)
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    kernel: Callable[..., Any]
+    inputs: tuple[str | None, ...]
+    outputs: tuple[str, ...]
+    data_slots: tuple[int, ...]
+    free: tuple[str, ...]
+    node: str
+    op_type: str
+
+
+def _is_float(arr: np.ndarray) -> bool:
+    return arr.dtype.kind in _FLOAT_KINDS or arr.dtype.name == "bfloat16"
+
+
+def _as_ir(model: ir.Model | onnx.ModelProto) -> ir.Model:
+    if isinstance(model, onnx.ModelProto):
+        return ir.serde.deserialize_model(model)
+    if isinstance(model, ir.Model):
+        return model
+    raise TypeError(f"expected an onnx_ir Model or onnx.ModelProto, got {type(model).__name__}")
+
+
+def _prepared(model: ir.Model) -> ir.Model:
+    """Model-local functions inlined and nodes in topological order (on a copy if needed)."""
+    copied = False
+    if model.functions:
+        from onnx_ir.passes.common import InlinePass
+
+        model, copied = model.clone(), True
+        InlinePass()(model)
+    seen = {v.name for v in model.graph.inputs} | set(model.graph.initializers)
+    for node in model.graph:
+        if any(
+            v is not None and v.producer() is not None and v.name not in seen for v in node.inputs
+        ):
+            model = model if copied else model.clone()
+            model.graph.sort()
+            break
+        seen.update(v.name for v in node.outputs)
+    return model
+
+
+def _safe_names(names: list[str], prefix: str) -> dict[str, str]:
+    """ONNX names -> unique attribute names torch accepts (no dots)."""
+    out, taken = {}, set()
+    for n in names:
+        base = prefix + re.sub(r"\W", "_", n)
+        key, k = base, 1
+        while key in taken:
+            k += 1
+            key = f"{base}_{k}"
+        taken.add(key)
+        out[n] = key
+    return out
+
+
+class OnnxModule(nn.Module):
+    """A torch module that runs an ONNX graph; build it with `to_torch`.
+
+    ``forward(*inputs, **named)`` takes tensors in graph-input order (or by ONNX input name) and
+    returns a tuple in graph-output order.
+    """
+
+    def __init__(
+        self,
+        steps: list[_Step],
+        input_names: list[str],
+        output_names: list[str],
+        params: dict[str, np.ndarray],
+        buffers: dict[str, np.ndarray],
+        host: dict[str, np.ndarray],
+        source: str,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.input_names = list(input_names)
+        self.output_names = list(output_names)
+        self._steps = steps
+        self._param_keys = _safe_names(list(params), "p_")
+        self._buffer_keys = _safe_names(list(buffers), "b_")
+        for name, arr in params.items():
+            self.register_parameter(self._param_keys[name], nn.Parameter(as_tensor(arr)))
+        for name, arr in buffers.items():
+            self.register_buffer(self._buffer_keys[name], as_tensor(arr))
+        self._host = {name: as_tensor(arr) for name, arr in host.items()}
+        self.weight_transforms: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+    def onnx_parameters(self) -> dict[str, nn.Parameter]:
+        """Trainable float initializers (and Constant-held weights) keyed by ONNX name."""
+        return {name: getattr(self, key) for name, key in self._param_keys.items()}
+
+    def onnx_buffers(self) -> dict[str, torch.Tensor]:
+        """Non-trainable float constants (BatchNormalization running stats, ...) by ONNX name."""
+        return {name: getattr(self, key) for name, key in self._buffer_keys.items()}
+
+    def extra_repr(self) -> str:
+        return (
+            f"source={self.source!r}, nodes={len(self._steps)}, inputs={self.input_names}, "
+            f"outputs={self.output_names}"
+        )
+
+    def _feeds(self, args: tuple, kwargs: dict) -> dict[str, torch.Tensor]:
+        if len(args) > len(self.input_names):
+            raise TypeError(
+                f"{self.source}: {len(args)} inputs given, the graph takes {len(self.input_names)}"
+            )
+        feeds = dict(zip(self.input_names, args, strict=False))
+        for k, v in kwargs.items():
+            if k not in self.input_names:
+                raise TypeError(f"{self.source}: no graph input named {k!r}")
+            if k in feeds:
+                raise TypeError(f"{self.source}: input {k!r} given twice")
+            feeds[k] = v
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise TypeError(f"{self.source}: missing graph inputs {missing}")
+        return {
+            k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
+            for k, v in feeds.items()
+        }
+
+    def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
+        env: dict[str, torch.Tensor] = dict(self._host)
+        tf = self.weight_transforms
+        for name, key in self._param_keys.items():
+            p = getattr(self, key)
+            env[name] = tf[name](p) if name in tf else p
+        for name, key in self._buffer_keys.items():
+            env[name] = getattr(self, key)
+        env.update(self._feeds(args, kwargs))
+        for step in self._steps:
+            xs = [None if n is None else env[n] for n in step.inputs]
+            if len(step.data_slots) > 1:
+                _align(xs, step.data_slots)
+            try:
+                out = step.kernel(self, *xs)
+            except Exception as e:
+                raise RuntimeError(
+                    f"{self.source}: node {step.node} ({step.op_type}) failed: {e}"
+                ) from e
+            if isinstance(out, torch.Tensor):
+                env[step.outputs[0]] = out
+            else:
+                for name, t in zip(step.outputs, out, strict=False):
+                    if name:
+                        env[name] = t
+            for name in step.free:
+                env.pop(name, None)
+        return tuple(env[n] for n in self.output_names)
+
+
+def _align(xs: list, slots: tuple[int, ...]) -> None:
+    """Move CPU tensors of data slots to the accelerator another data slot is on."""
+    dev = None
+    for i in slots:
+        t = xs[i] if i < len(xs) else None
+        if t is not None and t.device.type != "cpu":
+            dev = t.device
+            break
+    if dev is None:
+        return
+    for i in slots:
+        t = xs[i] if i < len(xs) else None
+        if t is not None and t.device != dev:
+            xs[i] = t.to(dev)
+
+
+def to_torch(model: ir.Model | onnx.ModelProto, *, name: str | None = None) -> OnnxModule:
+    """Build a trainable torch module that computes ``model``'s graph.
+
+    ``name`` labels error messages (default: the graph's name). The input model is not
+    modified. Raises `UnsupportedOpError` for a node without a torch kernel (custom domains,
+    control flow, unimplemented modes), naming the op, its opset and the node.
+    """
+    src = _as_ir(model)
+    where = name or src.graph.name or "<model>"
+    top_constants = {
+        n.outputs[0].name for n in src.graph if n.op_type == "Constant" and not n.domain
+    }
+    m = _prepared(src)
+    g = m.graph
+    opsets = {("" if k == "ai.onnx" else k): v for k, v in m.opset_imports.items()}
+
+    consts: dict[str, np.ndarray] = {}
+    for vname, v in g.initializers.items():
+        if v.const_value is not None:
+            consts[vname] = np.asarray(v.const_value.numpy())
+    steps_nodes = []
+    for node in g:
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        opset = opsets.get(domain, 1)
+        spec = NodeSpec(node, opset, where, consts)
+        if node.op_type == "Constant" and domain == "":
+            consts[node.outputs[0].name] = constant_value(spec)
+            continue
+        entry = lookup(domain, node.op_type, opset)
+        if entry is None:
+            raise spec.unsupported()
+        steps_nodes.append((node, entry, spec))
+
+    roles: dict[str, set[str]] = {}
+    for node, entry, _ in steps_nodes:
+        for i, v in enumerate(node.inputs):
+            if v is not None and v.name in consts:
+                roles.setdefault(v.name, set()).add(entry.role(i))
+    params, buffers, host = _classify(consts, roles, set(g.initializers) | top_constants)
+
+    steps = _steps(steps_nodes, {v.name for v in g.outputs})
+    inputs = [v.name for v in g.inputs if v.name not in g.initializers]
+    outputs = [v.name for v in g.outputs]
+    return OnnxModule(steps, inputs, outputs, params, buffers, host, where)
+
+
+# additive attention masks hold -inf, finfo.min or -1e4..-1e9; learned weights never get there
+_MASK_MAGNITUDE = 1e4
+
+
+def _is_mask(arr: np.ndarray) -> bool:
+    """A float constant that is a mask or sentinel, not a weight: non-finite or huge values."""
+    a = np.abs(arr.astype(np.float64))
+    return bool(not np.isfinite(a).all() or (a >= _MASK_MAGNITUDE).any())
+
+
+def _classify(
+    consts: dict[str, np.ndarray], roles: dict[str, set[str]], writable: set[str]
+) -> tuple[dict, dict, dict]:
+    """Split constants into parameters, buffers and host constants (see the module doc)."""
+    params, buffers, host = {}, {}, {}
+    for name, arr in consts.items():
+        r = roles.get(name, set())
+        is_float = _is_float(arr)
+        trainable = (
+            is_float
+            and name in writable
+            and bool(r)
+            and not r & {"config", "fixed"}
+            and ("weight" in r or (arr.size > 1 and not _is_mask(arr)))
+        )
+        if trainable:
+            params[name] = arr
+        elif is_float and "config" not in r:
+            buffers[name] = arr
+        else:
+            host[name] = arr
+    return params, buffers, host
+
+
+def _steps(steps_nodes, graph_outputs: set[str]) -> list[_Step]:
+    last_use: dict[str, int] = {}
+    for k, (node, _, _) in enumerate(steps_nodes):
+        for v in node.inputs:
+            if v is not None:
+                last_use[v.name] = k
+    free: dict[int, list[str]] = {}
+    for vname, k in last_use.items():
+        if vname not in graph_outputs:
+            free.setdefault(k, []).append(vname)
+    steps = []
+    for k, (node, entry, spec) in enumerate(steps_nodes):
+        kernel = entry.build(spec)
+        ins = tuple(None if v is None else v.name for v in node.inputs)
+        data = tuple(i for i in range(len(ins)) if entry.role(i) != "config")
+        steps.append(
+            _Step(
+                kernel,
+                ins,
+                tuple(v.name for v in node.outputs),
+                data,
+                tuple(free.get(k, ())),
+                spec.name,
+                node.op_type,
+            )
+        )
+    return steps
+
+
+__all__ += ["UnsupportedOpError"]
