@@ -33,16 +33,25 @@ _NP = {
 
 def random_feeds(model: ir.Model, seed: int = 0, batch: int = 2, size: int = 32) -> dict[str, np.ndarray]:
     """Random inputs; a symbolic (or -1) first dim becomes ``batch``, other symbolic dims
-    ``size`` (dynamic image sides)."""
+    ``size`` (dynamic image sides); a named symbol gets one size in every input."""
     rng = np.random.default_rng(seed)
     feeds = {}
+    named: dict[str, int] = {}  # a symbol keeps the size it got where first seen
     for v in model.graph.inputs:
         if v.name in model.graph.initializers:
             continue
-        shape = [
-            d if isinstance(d, int) and d > 0 else (batch if k == 0 else size)
-            for k, d in enumerate(v.shape or [])
-        ]
+        shape = []
+        for k, d in enumerate(v.shape or []):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+                continue
+            sym = getattr(d, "value", None)
+            n = named.get(sym) if sym else None
+            if n is None:
+                n = batch if k == 0 else size
+                if sym:
+                    named[sym] = n
+            shape.append(n)
         dt = _NP.get(v.dtype, np.float32)
         if np.issubdtype(dt, np.floating):
             feeds[v.name] = np.asarray(rng.standard_normal(shape).astype(dt))
