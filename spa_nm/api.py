@@ -8,10 +8,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 import onnx_ir as ir
 from spa_nm import io
 from spa_nm.errors import ConfigError
-from spa_nm.graph import DependencyGraph, analyze as _analyze
+from spa_nm.graph import ATTENTION_MODES, DependencyGraph, analyze as _analyze
 from spa_nm.metrics import count
 from spa_nm.passes import fold_shape_arithmetic, remove_dead_nodes
 from spa_nm.plan import DEFAULT_ROUND_TO, PruneConfig, PrunePlan, make_plan
@@ -44,13 +46,26 @@ def save(model: ir.Model, path: str | os.PathLike, *, inputs=(), external_data: 
     io.save(model, path, inputs=inputs, external_data=external_data)
 
 
-def analyze(model: ir.Model, ignore=()) -> DependencyGraph:
+def analyze(
+    model: ir.Model, ignore=(), *, attention: str = "heads", allow_approximate: bool = False
+) -> DependencyGraph:
     """The dependency graph of channel axes, with ``.groups`` and ``.blocked``.
 
     Like `prune`, it works on a copy whose static shape arithmetic is folded to constants, so
-    it reports what `prune` will see; ``graph.view.model`` is that copy.
+    it reports what `prune` will see; ``graph.view.model`` is that copy. ``attention`` and
+    ``allow_approximate`` are `prune`'s.
     """
-    return _analyze(_prepared(model), ignore=ignore)
+    _check_attention(attention)
+    return _analyze(
+        _prepared(model), ignore=ignore, attention=attention, allow_approximate=allow_approximate
+    )
+
+
+def _check_attention(attention: str) -> None:
+    if attention not in ATTENTION_MODES:
+        raise ConfigError(
+            f"attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}"
+        )
 
 
 def _prepared(model: ir.Model) -> ir.Model:
@@ -83,8 +98,16 @@ def prune(
     groups: tuple[int, ...] | list[int] | None = None,
     hessian: Any = None,
     calibration: str | os.PathLike | None = None,
+    attention: str = "heads",
+    allow_approximate: bool = False,
 ) -> PruneResult:
     """Remove a fraction ``ratio`` of the channels of every prunable group.
+
+    ``attention``: ``"heads"`` removes whole attention heads (with their Q/K/V rows and output
+    projection columns), ``"head_dim"`` the same within-head indices of every head.
+    ``allow_approximate`` also prunes groups whose removal is not exact (the residual stream
+    through LayerNorm/RMSNorm: the statistics change); the report lists them under
+    ``"approximate"`` with the output error measured on random inputs.
 
     ``groups`` restricts pruning to those group ids (see `analyze`). ``hessian`` (a proxy
     name, or a whole `spa_nm.obspa.ObspaOptions`) and ``calibration`` (a .npz) configure
@@ -105,11 +128,12 @@ def prune(
         ratio, criterion, global_ranking, int(round_to), tuple(ignore), aggregation, seed,
         groups=None if groups is None else tuple(int(g) for g in groups), obspa=obspa,
     )  # fmt: skip
+    _check_attention(attention)
     t0 = time.perf_counter()
     work = _prepared(model)
     before = count(work)
     source = copy_model(work)
-    dg = _analyze(work, ignore=cfg.ignore)
+    dg = _analyze(work, ignore=cfg.ignore, attention=attention, allow_approximate=allow_approximate)
     plan = make_plan(dg, cfg)
     if not plan.removed:
         work = copy_model(model)  # nothing to remove: the input, unchanged
@@ -135,7 +159,42 @@ def prune(
     }
     if plan.details:  # the criterion's own report (obspa: Hessian proxy, per-layer error)
         report[cfg.criterion] = plan.details
+    approx = [g for g in dg.groups if g.id in plan.removed and g.approximate]
+    if approx:
+        report["approximate"] = {
+            "groups": [
+                {"group": g.id, "reasons": sorted({b.reason for b in g.approximate})}
+                for g in approx
+            ],
+            "error": approximate_error(model, work, seed),
+        }
     return PruneResult(work, report, plan, dg, source)
+
+
+def approximate_error(original: ir.Model, pruned: ir.Model, seed: int = 0) -> dict[str, Any]:
+    """Max and mean |pruned - original| over every float output on random inputs (the
+    `spa_nm.testing.random_feeds` of ``seed``), on onnxruntime with optimizations off."""
+    try:
+        from spa_nm.testing import random_feeds, run
+
+        feeds = random_feeds(original, seed)
+        ref, got = run(original, feeds), run(pruned, feeds)
+    except ImportError:
+        return {"measured": False, "note": "onnxruntime is not installed (the cpu extra)"}
+    diffs = [
+        np.abs(np.asarray(g, np.float64) - np.asarray(r, np.float64)).reshape(-1)
+        for r, g in zip(ref, got, strict=True)
+        if np.asarray(r).dtype.kind == "f" and np.asarray(r).shape == np.asarray(g).shape
+    ]
+    d = np.concatenate(diffs) if diffs else np.zeros(0)
+    scale = max((float(np.max(np.abs(r))) for r in ref if np.asarray(r).dtype.kind == "f"), default=0.0)
+    return {
+        "measured": True,
+        "max_abs": float(d.max()) if d.size else 0.0,
+        "mean_abs": float(d.mean()) if d.size else 0.0,
+        "max_abs_reference": scale,
+        "inputs": f"random (spa_nm.testing.random_feeds), seed {seed}",
+    }
 
 
 def _blocked_list(dg: DependencyGraph) -> list[dict[str, str]]:

@@ -161,3 +161,7 @@ class OpFacts:
     # Consumers that can absorb a constant input channel into a bias: slot -> fold function
     # fold(node, kept_cols_mask_removed, kappa) is applied by surgery.
     folds: dict[Slot, Callable[..., None]] = field(default_factory=dict)
+    # Channels of these values can be removed, but not exactly (a LayerNorm/RMSNorm over the
+    # channel axis changes its statistics): blocked unless the analysis allows approximation,
+    # then the groups are reported as approximate (METHODS.md §1.3, LayerNorm row).
+    approximate: list[Blocked] = field(default_factory=list)

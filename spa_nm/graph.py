@@ -34,6 +34,7 @@ from spa_nm.rules import RuleContext, lookup
 from spa_nm.rules._context import MAX_SLOT_ELEMENTS
 
 __all__ = [
+    "ATTENTION_MODES",
     "ChannelGroup",
     "DependencyGraph",
     "ModelView",
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 _MAX_ROUNDS = 40
+ATTENTION_MODES = ("heads", "head_dim")
 
 
 def node_label(node: ir.Node, index: int) -> str:
@@ -73,6 +75,10 @@ class ModelView:
         self._consts: dict[str, np.ndarray | None] = {}
         self._derived: dict[str, Any] = {}
         self._opsets = dict(model.opset_imports)
+        # How rules collapse a channel axis split into (heads, head_dim) where the two parts
+        # part ways (a Transpose that separates them, a batched MatMul): "heads" keeps the outer
+        # factor (whole heads), "head_dim" the inner one (the same indices in every head).
+        self.attention = "heads"
 
     def opset_of(self, domain: str) -> int:
         d = "" if domain in ("", "ai.onnx") else domain
@@ -224,6 +230,8 @@ class ChannelGroup:
     units: np.ndarray  # unit labels (element-class ids) of the group
     blocked: list[Blocked] = field(default_factory=list)
     folds: list[tuple[int, Slot]] = field(default_factory=list)  # (node index, consumer slot)
+    # why removing these channels is not exact (allowed by ``allow_approximate``)
+    approximate: list[Blocked] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -245,6 +253,9 @@ class ChannelGroup:
             "nodes": self.nodes,
             "params": sorted({p.name for p in self.params}),
             "blocked": [{"node": b.node, "op": b.op, "reason": b.reason} for b in self.blocked],
+            "approximate": [
+                {"node": b.node, "op": b.op, "reason": b.reason} for b in self.approximate
+            ],
         }
 
 
@@ -277,11 +288,26 @@ class DependencyGraph:
         return [g for g in self.groups if g.prunable]
 
 
-def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
-    """Run every rule to a fixed point and build groups (METHODS.md §1.2-§1.4)."""
+def analyze(
+    model: ir.Model,
+    ignore: Iterable[str] = (),
+    *,
+    attention: str = "heads",
+    allow_approximate: bool = False,
+) -> DependencyGraph:
+    """Run every rule to a fixed point and build groups (METHODS.md §1.2-§1.4).
+
+    ``attention``: ``"heads"`` removes whole attention heads, ``"head_dim"`` the same
+    within-head indices of every head (`ModelView.attention`). ``allow_approximate``: groups
+    whose removal is not exact (normalization statistics over the channel axis) become
+    prunable and list the reasons in ``ChannelGroup.approximate``; otherwise they block.
+    """
     import fnmatch
 
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
     view = ModelView(model)
+    view.attention = attention
     known: dict[str, set[Slot]] = defaultdict(set)
     facts: dict[int, OpFacts | Blocked] = {}
     for _ in range(_MAX_ROUNDS):
@@ -305,6 +331,14 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
             blocked_ops.append(b)
             for v in b.values:
                 frozen[v].append(b)
+    approx: dict[str, list[Blocked]] = defaultdict(list)
+    for f in facts.values():
+        for b in [] if isinstance(f, Blocked) else f.approximate:
+            if not allow_approximate:
+                b = Blocked(b.node, b.op, f"{b.reason} (approximate: allowed with --allow-approximate)", b.values)
+                blocked_ops.append(b)
+            for v in b.values:
+                (approx if allow_approximate else frozen)[v].append(b)
     for name in view.graph_inputs:
         if name not in view.model.graph.initializers:
             frozen[name].append(Blocked(name, "graph input", "graph inputs keep their shape"))
@@ -397,7 +431,7 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
             us.append(offsets[ps] + np.arange(slots[ps]))
             vs.append(offsets[p.slot] + idx)
             gx.add_edge(ps, p.slot, node=label)
-    labels = _components(n, us, vs)
+    labels = _complete_composites(n, us, vs, slots, offsets, view)
 
     # -- constants carried by zeroed channels ---------------------------------------------
     kappa = _kappa(view, facts, slots)
@@ -428,6 +462,12 @@ def analyze(model: ir.Model, ignore: Iterable[str] = ()) -> DependencyGraph:
         for name in names:
             if any(fnmatch.fnmatchcase(name, pat) for pat in patterns):
                 grp.blocked.append(Blocked(name, "ignore", "ignored by --ignore"))
+        seen = set()
+        for s in comp_slots:
+            for b in approx.get(s.value, []):
+                if (b.node, b.reason) not in seen:
+                    seen.add((b.node, b.reason))
+                    grp.approximate.append(b)
         _check_shared_params(view, grp, facts)
         _check_composites(grp, labels, offsets, view)
         _check_folds(view, grp, facts, kappa, node_ids)
@@ -454,6 +494,7 @@ def _run_rule(view: ModelView, node: ir.Node, i: int, known) -> OpFacts | Blocke
     if isinstance(res, Blocked):
         return Blocked(label, res.op, res.reason, res.values or values)
     res.blocked = [Blocked(label, b.op, b.reason, b.values or values) for b in res.blocked]
+    res.approximate = [Blocked(label, b.op, b.reason, b.values or values) for b in res.approximate]
     return res
 
 
@@ -495,6 +536,38 @@ def _components(n: int, us: list[np.ndarray], vs: list[np.ndarray]) -> np.ndarra
         if np.array_equal(new, lab):
             return lab
         lab = new
+
+
+def _complete_composites(
+    n: int, us: list[np.ndarray], vs: list[np.ndarray], slots, offsets, view: ModelView
+) -> np.ndarray:
+    """Components, with every composite slot made a rectangle.
+
+    A channel axis split by a Reshape ([C] -> [g, C/g], or [H·d] -> [H, d]) only keeps its
+    flat index; what else ties its elements decides which factor shrinks. A Transpose that
+    separates heads from head_dim, or a batched MatMul, ties each head together (or each
+    head_dim index across heads, `ModelView.attention`). A composite slot whose units still vary
+    along several axes is completed with ties across its leading factors, so only the last
+    factor shrinks (the same inner indices in every group, as a channel shuffle needs).
+    Ties only merge units, so completion never makes a removal inexact.
+    """
+    labels = _components(n, us, vs)
+    # one slot at a time, in topological order (the split before what reorders it):
+    # completing one can make the next rectangular (the two sides of a shuffle's Transpose),
+    # and completing both at once would merge everything
+    order = {v.name: i for i, node in enumerate(view.nodes) for v in node.outputs}
+    composites = [s for s in slots if len(s.axes) > 1 and view.const(s.value) is None]
+    for s in sorted(composites, key=lambda s: (order.get(s.value, -1), s)):
+        shape = view.shape(s.value)
+        dims = [shape[a] for a in s.axes]
+        o = offsets[s]
+        lab = labels[o : o + slots[s]]
+        if lab.size != math.prod(dims) or composite_axis(lab.reshape(dims)) is not None:
+            continue
+        cols = lab.reshape(-1, dims[-1])  # unite each column: only the last factor varies
+        merged = _components(n, [np.repeat(cols[0], cols.shape[0] - 1)], [cols[1:].T.reshape(-1)])
+        labels = merged[labels]
+    return labels
 
 
 def _freeze_subgraph_captures(view: ModelView, frozen) -> None:

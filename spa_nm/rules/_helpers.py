@@ -16,11 +16,13 @@ from spa_nm.facts import Blocked, Link, OpFacts, Slot
 from spa_nm.rules._context import MAX_SLOT_ELEMENTS, RuleContext
 
 __all__ = [
+    "RestrictedContext",
     "block",
     "copy_transfer",
     "map_axes",
     "passthrough",
     "reshape_facts",
+    "split_composites",
     "unary_transfer",
 ]
 
@@ -91,6 +93,53 @@ def map_axes(
     return True
 
 
+class RestrictedContext:
+    """A read-only context that hides some slots (``exclude``: value -> slots) from helpers
+    such as `map_axes`, for rules that link those slots themselves."""
+
+    def __init__(self, ctx: RuleContext, exclude: Mapping[str, set[Slot]]) -> None:
+        self._ctx = ctx
+        self._exclude = exclude
+
+    def slots(self, value: str | None) -> list[Slot]:
+        return [s for s in self._ctx.slots(value) if s not in self._exclude.get(value or "", set())]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+
+def split_composites(
+    ctx: RuleContext, x: str, y: str, axis_map: Mapping[int, int], facts: OpFacts
+) -> dict[str, set[Slot]]:
+    """Composite slots whose axes ``axis_map`` (x axis -> y axis) separates collapse onto one
+    axis on the other side: the outer factor in ``"heads"`` mode (each element (h, j) tied to
+    h: whole heads), the inner one in ``"head_dim"`` mode (tied to j: the same index in every
+    head). Returns the slots handled, per value, for the caller to hide from `map_axes`."""
+    inverse = {v: k for k, v in axis_map.items()}
+    handled: dict[str, set[Slot]] = {x: set(), y: set()}
+    for value, other, amap in ((x, y, axis_map), (y, x, inverse)):
+        for s in ctx.slots(value):
+            if len(s.axes) < 2 or any(a not in amap for a in s.axes):
+                continue
+            mapped = sorted(amap[a] for a in s.axes)
+            if mapped == list(range(mapped[0], mapped[0] + len(mapped))):
+                continue  # the axes stay together: map_axes moves the slot as a whole
+            shape = ctx.shape(value)
+            dims = [shape[a] for a in s.axes]
+            if not all(isinstance(d, int) for d in dims):
+                continue
+            k = 0 if getattr(ctx.view, "attention", "heads") == "heads" else len(dims) - 1
+            digit = np.indices(dims)[k].reshape(-1)
+            t = Slot(other, (amap[s.axes[k]],))
+            if value == x:
+                facts.links.append(Link(s, t, None, digit))
+            else:
+                facts.links.append(Link(t, s, digit, None))
+            handled[value].add(s)
+            handled[other].add(t)
+    return handled
+
+
 def passthrough(
     ctx: RuleContext,
     x: str,
@@ -137,7 +186,18 @@ def unary_transfer(
             dst = out.setdefault(ln.b, np.full(sizes(ln.b), np.nan))
             if src is not None:
                 with np.errstate(all="ignore"):
-                    dst[b_idx] = fn(src[a_idx])
+                    vals = np.asarray(fn(src[a_idx]), dtype=float)
+                    dst[b_idx] = vals
+                    if np.unique(b_idx).size != b_idx.size:
+                        # several sources per element (a head collapsed onto its index): a
+                        # constant only where they all agree
+                        lo = np.full(dst.shape, np.inf)
+                        hi = np.full(dst.shape, -np.inf)
+                        np.minimum.at(lo, b_idx, vals)
+                        np.maximum.at(hi, b_idx, vals)
+                        bad = np.zeros(dst.shape, dtype=bool)
+                        bad[b_idx] = ~(lo[b_idx] == hi[b_idx])
+                        dst[bad] = np.nan
         return out
 
     return transfer
@@ -200,8 +260,8 @@ def reshape_facts(ctx: RuleContext, x: str, y: str, facts: OpFacts) -> bool:
       is tied to its channel digit;
     - a composite slot merged back into one axis: identity on the flat index;
     - one channel axis split into several (channel shuffle, heads): a composite slot on the
-      output whose elements are tied across every leading factor, so the last factor shrinks
-      and the tensor stays rectangular.
+      output, identity on the flat index; the graph keeps it rectangular (whole heads where a
+      Transpose or MatMul ties them, else the same inner indices in every leading factor).
     Anything else blocks.
     """
     xs, ys = ctx.shape(x), ctx.shape(y)
@@ -264,9 +324,8 @@ def _group_links(
     cout: list[Slot],
     facts: OpFacts,
 ) -> bool:
-    xs, ys = ctx.shape(x), ctx.shape(y)
+    xs = ctx.shape(x)
     in_dims = [xs[k] for k in gi]
-    out_dims = [ys[k] for k in go]
     n = math.prod(in_dims)
     if n > MAX_SLOT_ELEMENTS:
         facts.blocked.append(block(ctx, f"reshaped run of {n} elements is too large to analyse"))
@@ -289,19 +348,9 @@ def _group_links(
             facts.blocked.append(block(ctx, f"reshape output channel {s_out} mixes input dims"))
             return False
     if s_in == full_in:
+        # a split of one channel axis keeps the flat index: which factor shrinks is decided
+        # by what else ties its elements (heads), else by the graph's completion (last factor)
         facts.links.append(Link(s_in, full_out))
-        if len(go) > 1 and len(gi) == 1:
-            # split of one channel axis: tie elements across all leading factors
-            last = out_dims[-1]
-            grid = np.arange(n).reshape(-1, last)
-            facts.links.append(
-                Link(
-                    full_out,
-                    full_out,
-                    np.repeat(grid[0], grid.shape[0] - 1),
-                    grid[1:].T.reshape(-1),
-                )
-            )
         return True
     # a channel slot merged with non-channel dims: each merged element -> its channel digit
     if len(go) != 1:

@@ -292,9 +292,10 @@ def _binary_transfer(op: str, ctx: RuleContext, ins: list[str | None], kinds):
     return transfer
 
 
-@rule("Not")
+@rule("Not", "IsNaN", "IsInf")
 def logical_not(node, ctx: RuleContext) -> OpFacts:
-    """Element-wise on booleans: every axis passes through."""
+    """Element-wise with a boolean output (``Where(IsNaN(p), 0, p)`` guards a softmax): every
+    axis passes through; the output is not a numeric constant."""
     facts = passthrough(ctx, ctx.input(0), ctx.output(0))
     facts.transfer = unary_transfer(facts.links, _size_fn(ctx), lambda v: np.full_like(v, np.nan))
     return facts

@@ -2,7 +2,8 @@
 
 Gemm B is [K, N] (transB=0) or [N, K] (transB=1); MatMul's constant right operand is [K, N].
 Outputs start a new channel space (weight rows of the output axis); inputs are read through
-the weight's K axis. A MatMul between two activations is not a cut: it has no rule here.
+the weight's K axis. A MatMul between two activations is not a cut: its batch, free and
+contracted axes couple (``rules/attention.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from spa_nm.facts import OpFacts, Param, Role, Slot
 from spa_nm.rules._context import RuleContext
 from spa_nm.rules._helpers import block, map_axes
 from spa_nm.rules._registry import rule
+from spa_nm.rules.attention import batched_matmul
 
 __all__: list[str] = []
 
@@ -98,7 +100,7 @@ def _gemm_fold(b: str, c: str | None, trans_b: int, alpha: float, beta: float, y
 def matmul(node, ctx: RuleContext) -> OpFacts:
     a, b, y = ctx.input(0), ctx.input(1), ctx.output(0)
     if not ctx.is_param(b):
-        return block(ctx, "MatMul of two activations (no constant weight)")
+        return batched_matmul(node, ctx)  # QKᵀ, attention·V (rules/attention.py)
     bs, as_, ys = ctx.shape(b), ctx.shape(a), ctx.shape(y)
     if bs is None or len(bs) != 2 or as_ is None or len(as_) < 2:
         return block(ctx, "MatMul weight is not a 2-D matrix")

@@ -11,7 +11,14 @@ import numpy as np
 import onnx_ir as ir
 from spa_nm.facts import FixInfo, Fixup, OpFacts
 from spa_nm.rules._context import RuleContext
-from spa_nm.rules._helpers import block, copy_transfer, map_axes, reshape_facts
+from spa_nm.rules._helpers import (
+    RestrictedContext,
+    block,
+    copy_transfer,
+    map_axes,
+    reshape_facts,
+    split_composites,
+)
 from spa_nm.rules._registry import rule
 
 __all__: list[str] = []
@@ -84,13 +91,19 @@ def flatten_like(node, ctx: RuleContext) -> OpFacts:
 
 @rule("Transpose")
 def transpose(node, ctx: RuleContext) -> OpFacts:
+    """Moves each channel slot per ``perm``. A composite slot whose axes the permutation
+    separates ([B, T, H, d] -> [B, H, T, d]) collapses onto one of them: the heads (outer
+    factor) or the head dim (inner factor), per the analysis' attention mode; the elements
+    of the other factor are tied to it (METHODS.md §1.3, Reshape into heads)."""
     x, y = ctx.input(0), ctx.output(0)
     r = ctx.rank(x)
     if r is None:
         return block(ctx, "input rank is unknown")
     perm = ctx.attr("perm") or list(range(r))[::-1]
+    amap = {src: dst for dst, src in enumerate(perm)}
     facts = OpFacts()
-    map_axes(ctx, x, y, {src: dst for dst, src in enumerate(perm)}, facts)
+    handled = split_composites(ctx, x, y, amap, facts)
+    map_axes(RestrictedContext(ctx, handled), x, y, amap, facts)
     return _with_copy(ctx, facts)
 
 

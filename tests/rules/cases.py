@@ -109,6 +109,8 @@ C = [
     Case("where_mask", "z = Greater (c1, k)\n y = Where (z, c1, k)", decl="float k = {0.0}"),
     Case("comparisons", "a = Less (c1, k)\n b = LessOrEqual (c1, k)\n e = Equal (c1, k)\n g = GreaterOrEqual (c1, k)\n"
          " o = Or (a, b)\n n = Not (e)\n q = And (o, n)\n x = Xor (q, g)\n y = Where (x, c1, c1)", decl="float k = {0.5}"),
+    Case("softmax_nan_guard", "s = Softmax <axis = 3> (c1)\n n = IsNaN (s)\n i = IsInf (s)\n o = Or (n, i)\n"
+         " w = Where (o, k, s)\n y = Mul (c1, w)", decl="float k = {0.0}"),
     Case("expand_batch", "y = Expand (c1, sh)", decl="int64[4] sh = {1, 1, 6, 6}"),
     Case("expand_spatial", "g = GlobalAveragePool (c1)\n y = Expand (g, sh)", decl="int64[4] sh = {1, 8, 6, 6}"),
     Case("expand_creates_channels_blocks", "g = ReduceMean <axes = [1]> (c1)\n e = Expand (g, sh)\n y = Add (c1, e)",
@@ -386,8 +388,12 @@ C = [
         "matmul_activations_blocks",
         "t = Transpose <perm = [0, 2, 3, 1]> (c1)\n u = Transpose <perm = [0, 1, 3, 2]> (t)\n m = MatMul (u, t)\n"
         " r = ReduceMean <axes = [3], keepdims = 0> (m)\n rt = Transpose <perm = [0, 2, 1]> (r)\n r4 = Unsqueeze (rt, ax)\n y = Mul (c1, r4)",
-        "block:two activations",
+        "block:ReduceMean reduces it",  # the Gram matrix's free axes couple; the mean over one blocks
         decl="int64[1] ax = {3}",
+    ),
+    Case(  # channels are a batch axis of p·pᵀ: each channel's product is independent
+        "matmul_activations_batch",
+        "t = Transpose <perm = [0, 1, 3, 2]> (c1)\n y = MatMul (c1, t)",
     ),
     Case(
         "gemm_transa",

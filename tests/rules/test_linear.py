@@ -1,5 +1,6 @@
 """spa_nm/rules/linear.py: Gemm and MatMul with a constant weight cut channel spaces; Gemm folds
-a carried constant into C; MatMul between two activations blocks."""
+a carried constant into C; MatMul between two activations couples its axes (more cases in
+test_attention.py)."""
 
 from __future__ import annotations
 
@@ -145,9 +146,8 @@ CASES += [
         "block:cannot be folded",
     ),
     Case(
-        "matmul_two_activations_blocks",  # p @ p^T per (sample, channel)
+        "matmul_two_activations_batch",  # p @ p^T per (sample, channel): channels are a batch axis
         net("t = Transpose <perm = [0, 1, 3, 2]> (p)\n y = MatMul (p, t)", consumer="3x3"),
-        "block:two activations",
     ),
     Case(
         "matmul_batched_weight_blocks",
