@@ -209,12 +209,21 @@ def _blocked_list(dg: DependencyGraph) -> list[dict[str, str]]:
 
 
 def inspect(model: ir.Model) -> dict[str, Any]:
-    """Groups, blocked ops with reasons, params and MACs per op type."""
+    """Groups, blocked ops with reasons, params and MACs per op type, and where the parameters
+    are: ``params_prunable`` / ``prunable_fraction`` (parameters of initializers that lose
+    entries when some prunable group is pruned) and ``held_back`` (the other parameters, by the
+    reason their groups are blocked, largest first)."""
     dg = analyze(model)
     c = count(dg.view.model, dg.view)
-    prunable_params = set()
-    for g in dg.prunable_groups:
-        prunable_params |= {p.name for p in g.params}
+    prunable, held = _param_accounting(dg)
+    total = sum(prunable.values()) + sum(n for by in held.values() for n in by.values())
+    held_back = sorted(
+        (
+            {"reason": reason, "op": op, "params": sum(by.values()), "initializers": len(by)}
+            for (op, reason), by in held.items()
+        ),
+        key=lambda h: -h["params"],
+    )
     return {
         "params": c["params"],
         "macs": c["macs"],
@@ -222,7 +231,57 @@ def inspect(model: ir.Model) -> dict[str, Any]:
         "groups": [g.describe() for g in dg.groups],
         "blocked": _blocked_list(dg),
         "prunable_groups": len(dg.prunable_groups),
+        "params_prunable": sum(prunable.values()),
+        "prunable_fraction": round(sum(prunable.values()) / total, 4) if total else 0.0,
+        "held_back": held_back,
     }
+
+
+def _counted(arr) -> bool:
+    """Parameters as `metrics.count` counts them: floats and 8/16-bit quantized integers."""
+    return arr is not None and (arr.dtype.kind == "f" or (arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2))
+
+
+def _param_accounting(dg: DependencyGraph) -> tuple[dict[str, int], dict[tuple[str, str], dict[str, int]]]:
+    """Sizes of the member initializers of prunable groups, and of every other initializer by
+    (op, reason) of the first block of a group it belongs to (or of no group at all)."""
+    view = dg.view
+    size: dict[str, int] = {}
+    for name in view.model.graph.initializers:
+        arr = view.const(name)
+        if _counted(arr):
+            size[name] = int(arr.size)
+
+    def initializers(name: str) -> list[str]:
+        d = view.derived(name)  # a dequantized weight counts as its integer tensor and scales
+        if d is None:
+            return [name]
+        return sorted({src for a in range(d.value.ndim) for src, _ in d.sources(a)})
+
+    prunable: dict[str, int] = {}
+    for g in dg.prunable_groups:
+        for p in g.params:
+            for name in initializers(p.name):
+                if _counted(arr := view.const(name)):
+                    prunable[name] = int(arr.size)
+    held: dict[tuple[str, str], dict[str, int]] = {}
+    reason_of: dict[str, tuple[str, str]] = {}
+    for g in dg.groups:
+        if g.prunable:
+            continue
+        why = (g.blocked[0].op, g.blocked[0].reason) if g.blocked else ("-", "too few channels or no producer weight")
+        for p in g.params:
+            for name in initializers(p.name):
+                reason_of.setdefault(name, why)
+    for name in set(size) | set(reason_of):
+        if name in prunable:
+            continue
+        if not _counted(arr := view.const(name)):
+            continue
+        n = int(arr.size)
+        key = reason_of.get(name, ("-", "read by no channel rule (shape constants, lookup tables, ...)"))
+        held.setdefault(key, {})[name] = n
+    return prunable, held
 
 
 def sparsify(model: ir.Model, pattern, ignore: tuple[str, ...] | list[str] = ()) -> tuple[ir.Model, dict[str, Any]]:

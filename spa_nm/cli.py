@@ -417,6 +417,15 @@ def _inspect(args) -> int:
     prunable = [g for g in info["groups"] if g["prunable"]]
     print(f"{args.model}: {format_count(info['params'])} params, {format_count(info['macs'])} MACs")
     print(f"groups: {len(info['groups'])} ({len(prunable)} prunable)")
+    total = info["params_prunable"] + sum(h["params"] for h in info["held_back"])
+    print(
+        f"params in prunable groups: {format_count(info['params_prunable'])} of "
+        f"{format_count(total)} ({100 * info['prunable_fraction']:.1f}%)"
+    )
+    if info["held_back"]:
+        print("held back (params, first reason of their groups):")
+        for h in info["held_back"][:8]:
+            print(f"  {format_count(h['params']):>8}  {h['op']}: {h['reason']}")
     for g in info["groups"]:
         state = "prunable" if g["prunable"] else "blocked"
         ops = ", ".join(g["nodes"][:6]) + (" ..." if len(g["nodes"]) > 6 else "")

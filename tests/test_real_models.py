@@ -253,3 +253,49 @@ def test_carrier_model_prunes_or_declines(pkg, name, size, overrides):
         if a.size:  # real-size activations: float32 summation order moves the last digits
             bound = 1e-4 + 1e-5 * float(np.max(np.abs(a)))
             assert float(np.max(np.abs(a.astype(np.float64) - b))) <= bound
+
+
+# -- inspect: where the parameters are ---------------------------------------------------------
+
+SOFTMAX_HEAD = """
+<ir_version: 8, opset_import: ["" : 13]>
+m (float[1, 3, 6, 6] x) => (float[1, 4, 6, 6] out)
+<float[8, 3, 3, 3] wa, float[8] ba, float[4, 8, 1, 1] wc, float[4] bc>
+{
+  a = Conv <pads = [1, 1, 1, 1]> (x, wa, ba)
+  r = Relu (a)
+  c = Conv (r, wc, bc)
+  out = Softmax <axis = 1> (c)
+}
+"""
+
+
+def test_inspect_explains_the_prunable_fraction(tmp_path, capsys):
+    """wa, ba and wc (the columns that read a) prune with a's channels: 256 of 260 parameters;
+    bc belongs only to c's channels, which a channel Softmax and the graph output hold."""
+    from spa_nm.cli import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(model_from_text(SOFTMAX_HEAD), path)
+    info = spa_nm.inspect(spa_nm.load(path))
+    assert info["params_prunable"] == 8 * 27 + 8 + 4 * 8
+    assert info["prunable_fraction"] == round(256 / 260, 4)
+    assert sum(h["params"] for h in info["held_back"]) == 4
+    assert any("Softmax" in h["reason"] or "graph output" in h["reason"] for h in info["held_back"])
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "params in prunable groups: 256 of 260 (98.5%)" in out
+    assert main(["inspect", str(path), "--json"]) == 0
+    assert '"prunable_fraction": 0.9846' in capsys.readouterr().out
+
+
+@pytest.mark.realmodels
+def test_inspect_a_declined_real_model():
+    """Magika (tf2onnx) prunes nothing: inspect says so and names where its weights are held."""
+    files = carrier_files("magika")
+    if "model.onnx" not in files:
+        pytest.skip("magika is not available from the package registry")
+    info = spa_nm.inspect(spa_nm.load(files["model.onnx"]))
+    assert info["prunable_fraction"] == 0.0
+    assert sum(h["params"] for h in info["held_back"]) == info["params"]
+    assert info["held_back"][0]["params"] > 0.5 * info["params"]
