@@ -17,6 +17,7 @@ YOLOv8 in nudenet, torch and spox Silero VAD with If subgraphs and LSTMs).
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import warnings
@@ -106,9 +107,8 @@ def test_tf2onnx_nhwc_transpose_sandwich(tmp_path):
 # -- skl2onnx ----------------------------------------------------------------------------------
 
 
-def _digits_mlp(zipmap: bool):
-    pytest.importorskip("sklearn")
-    skl2onnx = pytest.importorskip("skl2onnx")
+@functools.cache
+def _fit_digits_mlp():
     from sklearn.datasets import load_digits
     from sklearn.neural_network import MLPClassifier
 
@@ -116,7 +116,15 @@ def _digits_mlp(zipmap: bool):
     x = (x / 16.0).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning: a short fit is enough here
-        clf = MLPClassifier(hidden_layer_sizes=(32, 16), max_iter=60, random_state=0).fit(x, y)
+        clf = MLPClassifier(hidden_layer_sizes=(32, 16), max_iter=25, random_state=0).fit(x, y)
+    return clf, x
+
+
+def _digits_mlp(zipmap: bool):
+    """An MLPClassifier fitted once per session on sklearn's digits, converted by skl2onnx."""
+    pytest.importorskip("sklearn")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    clf, x = _fit_digits_mlp()
     onx = skl2onnx.to_onnx(clf, x[:1], options={id(clf): {"zipmap": zipmap}}, target_opset=17)
     return onx, x, clf
 
