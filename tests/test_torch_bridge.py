@@ -512,3 +512,350 @@ def test_import_spa_nm_train_does_not_import_torch():
 
     code = "import sys, spa_nm, spa_nm.train; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# ---------------------------------------------------------------- per-op semantics vs ORT
+#
+# One small graph per op form: (id, opset, graph inputs, graph outputs, initializers, body,
+# feeds). Initializers declared without a value get seeded random values (tests.helpers).
+# Feeds default to standard-normal floats; integer inputs are given explicitly.
+
+_RNG = np.random.default_rng(1234)
+_HALVES = np.arange(-3.0, 3.0, 0.25, dtype=np.float32).reshape(4, 6)  # exact .5 ties
+_IDS = np.array([[0, 2, -1], [3, -4, 1]], dtype=np.int64)
+_TIES = np.array([[1, 3, 3, 0], [2, 2, 1, 2], [0, 0, 0, 0]], dtype=np.float32)
+
+X4 = "float[2, 3, 8, 8] x"
+X3 = "float[2, 3, 5] x"
+
+# fmt: off
+OPS = [
+    # convolution
+    ("conv-group-dil-asym", 13, "float[1, 4, 9, 9] x", "float y", "float[6, 2, 3, 3] w, float[6] b",
+     "y = Conv <group = 2, dilations = [2, 2], pads = [1, 0, 2, 1], strides = [2, 1]> (x, w, b)", None),
+    ("conv-same-upper", 13, "float[1, 3, 9, 9] x", "float y", "float[4, 3, 4, 4] w",
+     'y = Conv <auto_pad = "SAME_UPPER", strides = [2, 2]> (x, w)', None),
+    ("conv-same-lower", 11, "float[1, 3, 9, 9] x", "float y", "float[4, 3, 4, 4] w",
+     'y = Conv <auto_pad = "SAME_LOWER", strides = [2, 2]> (x, w)', None),
+    ("conv-valid", 13, "float[1, 3, 9, 9] x", "float y", "float[4, 3, 3, 3] w",
+     'y = Conv <auto_pad = "VALID", strides = [2, 2]> (x, w)', None),
+    ("conv-depthwise", 13, X4, "float y", "float[3, 1, 3, 3] w, float[3] b",
+     "y = Conv <group = 3, pads = [1, 1, 1, 1]> (x, w, b)", None),
+    ("conv1d", 13, X3, "float y", "float[4, 3, 3] w, float[4] b",
+     "y = Conv <pads = [2, 1], dilations = [2]> (x, w, b)", None),
+    ("conv3d", 13, "float[1, 2, 5, 6, 6] x", "float y", "float[3, 2, 3, 3, 3] w",
+     "y = Conv <pads = [1, 1, 1, 1, 1, 1], strides = [1, 2, 2]> (x, w)", None),
+    ("convT-pads-outpad", 13, "float[1, 3, 5, 5] x", "float y", "float[3, 2, 3, 3] w, float[2] b",
+     "y = ConvTranspose <strides = [2, 2], pads = [1, 1, 1, 1], output_padding = [1, 1]> (x, w, b)", None),
+    ("convT-asym-pads", 13, "float[1, 3, 5, 5] x", "float y", "float[3, 2, 3, 3] w, float[2] b",
+     "y = ConvTranspose <strides = [2, 2], pads = [0, 1, 2, 0]> (x, w, b)", None),
+    ("convT-output-shape", 13, "float[1, 3, 5, 5] x", "float y", "float[3, 2, 3, 3] w",
+     "y = ConvTranspose <strides = [2, 2], output_shape = [10, 12]> (x, w)", None),
+    ("convT-same-upper", 13, "float[1, 3, 5, 5] x", "float y", "float[3, 2, 4, 4] w",
+     'y = ConvTranspose <strides = [2, 2], auto_pad = "SAME_UPPER"> (x, w)', None),
+    ("convT-group-dil", 13, "float[1, 4, 5, 5] x", "float y", "float[4, 1, 3, 3] w, float[2] b",
+     "y = ConvTranspose <group = 2, dilations = [2, 2], strides = [2, 2]> (x, w, b)", None),
+    ("convT-1d", 13, X3, "float y", "float[3, 4, 3] w",
+     "y = ConvTranspose <strides = [3], pads = [1, 0]> (x, w)", None),
+    # linear algebra
+    ("gemm-trans-alpha-beta", 13, "float[3, 2] x", "float y", "float[4, 3] w, float[4] c",
+     "y = Gemm <transA = 1, transB = 1, alpha = 0.5, beta = 2.0> (x, w, c)", None),
+    ("gemm-no-c", 13, "float[2, 3] x", "float y", "float[3, 4] w", "y = Gemm (x, w)", None),
+    ("gemm-scalar-c", 9, "float[2, 3] x", "float y", "float[3, 4] w, float[1] c",
+     "y = Gemm <beta = 0.5> (x, w, c)", None),
+    ("matmul-batched", 13, "float[2, 3, 4] x, float[2, 4, 5] z", "float y", "",
+     "y = MatMul (x, z)", None),
+    ("matmul-1d", 13, "float[4] x", "float y", "float[2, 4, 3] w", "y = MatMul (x, w)", None),
+    ("einsum", 13, "float[2, 3, 4] x, float[2, 4, 5] z", "float y", "",
+     'y = Einsum <equation = "bij,bjk->bik"> (x, z)', None),
+    ("einsum-implicit", 13, "float[3, 4] x", "float y", "float[4, 5] w",
+     'y = Einsum <equation = "ij,jk"> (x, w)', None),
+    # activations
+    *[(f"unary-{op}", 13, X3, "float y", "", f"y = {op} (x)", None) for op in (
+        "Relu", "Sigmoid", "Tanh", "Exp", "Neg", "Abs", "Erf", "Floor", "Ceil", "Sign",
+        "Softplus", "Softsign", "Sin", "Cos", "Identity")],
+    *[(f"unary-pos-{op}", 13, X3, "float y", "float[1] h = {0.5}",
+       f"a = Abs (x)\n p = Add (a, h)\n y = {op} (p)", None) for op in ("Log", "Sqrt", "Reciprocal")],
+    ("round-halves", 13, "float[4, 6] x", "float y", "", "y = Round (x)", {"x": _HALVES}),
+    ("hardswish", 14, X3, "float y", "", "y = HardSwish (x)", None),
+    ("mish", 18, X3, "float y", "", "y = Mish (x)", None),
+    ("leakyrelu", 13, X3, "float y", "", "y = LeakyRelu <alpha = 0.2> (x)", None),
+    ("elu", 13, X3, "float y", "", "y = Elu <alpha = 0.5> (x)", None),
+    ("selu-default", 13, X3, "float y", "", "y = Selu (x)", None),
+    ("selu", 13, X3, "float y", "", "y = Selu <alpha = 1.5, gamma = 0.9> (x)", None),
+    ("celu", 13, X3, "float y", "", "y = Celu <alpha = 0.7> (x)", None),
+    ("thresholded-relu", 13, X3, "float y", "", "y = ThresholdedRelu <alpha = 0.3> (x)", None),
+    ("hardsigmoid", 13, X3, "float y", "", "y = HardSigmoid <alpha = 0.3, beta = 0.4> (x)", None),
+    ("gelu", 20, X3, "float y", "", "y = Gelu (x)", None),
+    ("gelu-tanh", 20, X3, "float y", "", 'y = Gelu <approximate = "tanh"> (x)', None),
+    ("shrink", 13, X3, "float y", "", "y = Shrink <bias = 0.1, lambd = 0.4> (x)", None),
+    ("prelu-channel", 13, X4, "float y", "float[3, 1, 1] s", "y = PRelu (x, s)", None),
+    ("prelu-scalar", 9, X4, "float y", "float[1] s", "y = PRelu (x, s)", None),
+    ("clip-attr", 6, X3, "float y", "", "y = Clip <min = -0.5, max = 0.7> (x)", None),
+    ("clip-min", 13, X3, "float y", "float lo = {-0.3}", "y = Clip (x, lo)", None),
+    ("clip-both", 13, X3, "float y", "float lo = {-0.3}, float hi = {0.4}", "y = Clip (x, lo, hi)", None),
+    ("clip-none", 13, X3, "float y", "", "y = Clip (x)", None),
+    ("clip-int", 13, "int64[2, 3] x", "int64 y", "int64 lo = {-1}, int64 hi = {2}",
+     "y = Clip (x, lo, hi)", {"x": _IDS}),
+    # binary and variadic
+    ("add-sub-mul-div", 13, X4, "float y", "float[3, 1, 1] a, float[8] b",
+     "p = Add (x, a)\n q = Sub (p, b)\n r = Mul (q, a)\n y = Div (r, b)", None),
+    ("div-int-trunc", 13, "int64[2, 3] x", "int64 y", "int64[3] d = {2, -3, 4}",
+     "y = Div (x, d)", {"x": np.array([[7, -7, 5], [-5, 9, -9]], np.int64)}),
+    ("pow-float", 13, X3, "float y", "float e = {2.0}", "y = Pow (x, e)", None),
+    ("pow-int-exponent", 13, X3, "float y", "int64[5] e = {0, 1, 2, 3, 4}", "y = Pow (x, e)", None),
+    ("mod-int", 13, "int64[2, 3] x", "int64 y", "int64[3] d = {3, -4, 5}", "y = Mod (x, d)",
+     {"x": np.array([[7, -7, 5], [-5, 9, -9]], np.int64)}),
+    ("mod-fmod", 13, X3, "float y", "float[5] d = {1.5, -2.0, 0.7, 3.0, -0.4}",
+     "y = Mod <fmod = 1> (x, d)", None),
+    ("max-min-variadic", 13, "float[2, 3, 5] x, float[3, 1] z", "float y", "float[5] w",
+     "a = Max (x, z, w)\n b = Min (x, z, w)\n y = Sub (a, b)", None),
+    ("sum-mean", 13, "float[2, 3, 5] x, float[5] z", "float y", "",
+     "a = Sum (x, z, x)\n b = Mean (x, z)\n y = Add (a, b)", None),
+    ("compare-logic-where", 13, "float[2, 3, 5] x, float[2, 3, 5] z", "float y", "",
+     "a = Less (x, z)\n b = GreaterOrEqual (x, z)\n c = Greater (x, z)\n d = LessOrEqual (x, z)\n"
+     " e = Equal (a, c)\n f = Or (e, d)\n g = And (f, b)\n h = Xor (g, a)\n k = Not (h)\n"
+     " y = Where (k, x, z)", None),
+    ("isnan-where", 13, X3, "float y", "float[1] z = {0.0}",
+     "l = Log (x)\n n = IsNaN (l)\n y = Where (n, z, l)", None),
+    # reductions
+    *[(f"{op}-attr", 13, X4, "float y", "", f"y = {op} <axes = [1, -1], keepdims = 0> (x)", None)
+      for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                 "ReduceLogSumExp", "ReduceSumSquare")],
+    *[(f"{op}-input", 18, X4, "float y", "int64[2] ax = {0, 2}", f"y = {op} (x, ax)", None)
+      for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                 "ReduceLogSumExp", "ReduceSumSquare")],
+    ("reducesum-input", 13, X4, "float y", "int64[1] ax = {-2}", "y = ReduceSum <keepdims = 0> (x, ax)", None),
+    ("reducesum-all", 13, X4, "float y", "", "y = ReduceSum (x)", None),
+    ("reducesum-noop", 13, X4, "float y", "", "y = ReduceSum <noop_with_empty_axes = 1> (x)", None),
+    ("reducemean-all-attr", 11, X4, "float y", "", "y = ReduceMean <keepdims = 0> (x)", None),
+    ("reducelogsum", 18, X4, "float y", "int64[1] ax = {1}, float[1] h = {0.5}",
+     "a = Abs (x)\n p = Add (a, h)\n y = ReduceLogSum (p, ax)", None),
+    ("argmax-last", 13, "float[3, 4] x", "int64 y", "",
+     "y = ArgMax <axis = 1, keepdims = 0, select_last_index = 1> (x)", {"x": _TIES}),
+    ("argmin-first", 13, "float[3, 4] x", "int64 y", "", "y = ArgMin <axis = -1> (x)", {"x": _TIES}),
+    ("argmax-default", 9, X3, "int64 y", "", "y = ArgMax (x)", None),
+    ("topk", 11, X3, "float v, int64 i", "int64[1] k = {3}", "v, i = TopK <axis = 2, largest = 0> (x, k)", None),
+    ("topk-attr", 9, X3, "float v, int64 i", "", "v, i = TopK <k = 2> (x)", None),
+    ("cumsum-excl-rev", 13, X3, "float y", "int64 ax = {2}",
+     "y = CumSum <exclusive = 1, reverse = 1> (x, ax)", None),
+    ("cumsum", 13, X3, "float y", "int32 ax = {1}", "y = CumSum (x, ax)", None),
+    ("trilu-lower", 14, X4, "float y", "int64 k = {1}", "y = Trilu <upper = 0> (x, k)", None),
+    ("trilu-upper", 14, X4, "float y", "int64 k = {-1}", "y = Trilu (x, k)", None),
+    # softmax family
+    ("softmax-11-coerced", 11, X4, "float y", "", "y = Softmax (x)", None),
+    ("softmax-13-axis1", 13, X4, "float y", "", "y = Softmax <axis = 1> (x)", None),
+    ("logsoftmax-11-axis2", 11, X4, "float y", "", "y = LogSoftmax <axis = 2> (x)", None),
+    ("logsoftmax-13", 13, X4, "float y", "", "y = LogSoftmax (x)", None),
+    ("hardmax-13", 13, X4, "float y", "", "y = Hardmax <axis = 1> (x)", None),
+    ("lpnorm", 13, X4, "float y", "", "y = LpNormalization <axis = 1> (x)", None),
+    # shape manipulation
+    ("reshape-0-neg1", 13, X4, "float y", "int64[3] s = {0, -1, 4}", "y = Reshape (x, s)", None),
+    ("reshape-allowzero", 14, "float[2, 0, 3] x", "float y", "int64[3] s = {3, 0, 2}",
+     "y = Reshape <allowzero = 1> (x, s)", {"x": np.zeros((2, 0, 3), np.float32)}),
+    ("flatten-axis2", 13, X4, "float y", "", "y = Flatten <axis = 2> (x)", None),
+    ("flatten-neg", 13, X4, "float y", "", "y = Flatten <axis = -1> (x)", None),
+    ("flatten-0", 9, X4, "float y", "", "y = Flatten <axis = 0> (x)", None),
+    ("squeeze-attr", 11, "float[2, 1, 3, 1] x", "float y", "", "y = Squeeze <axes = [-1]> (x)", None),
+    ("squeeze-input", 13, "float[2, 1, 3, 1] x", "float y", "int64[1] ax = {1}", "y = Squeeze (x, ax)", None),
+    ("squeeze-all", 13, "float[2, 1, 3, 1] x", "float y", "", "y = Squeeze (x)", None),
+    ("unsqueeze-attr", 11, X3, "float y", "", "y = Unsqueeze <axes = [0, 3]> (x)", None),
+    ("unsqueeze-input", 13, X3, "float y", "int64[2] ax = {-1, 1}", "y = Unsqueeze (x, ax)", None),
+    ("transpose", 13, X4, "float y", "", "y = Transpose <perm = [0, 2, 3, 1]> (x)", None),
+    ("transpose-default", 13, X3, "float y", "", "y = Transpose (x)", None),
+    ("expand", 13, "float[3, 1] x", "float y", "int64[3] s = {2, 1, 4}", "y = Expand (x, s)", None),
+    ("expand-smaller-shape", 13, "float[2, 3, 4] x", "float y", "int64[2] s = {1, 4}", "y = Expand (x, s)", None),
+    ("concat", 13, "float[2, 3] x, float[2, 1] z", "float y", "float[2, 2] w",
+     "y = Concat <axis = -1> (x, z, w)", None),
+    ("split-attr", 11, X3, "float a, float b", "", "a, b = Split <axis = 1, split = [1, 2]> (x)", None),
+    ("split-equal-2", 2, "float[2, 6] x", "float a, float b", "", "a, b = Split <axis = 1> (x)", None),
+    ("split-input", 13, X3, "float a, float b", "int64[2] s = {3, 2}", "a, b = Split <axis = -1> (x, s)", None),
+    ("split-equal", 13, "float[2, 6] x", "float a, float b, float c", "", "a, b, c = Split <axis = 1> (x)", None),
+    ("split-num-outputs", 18, "float[2, 7] x", "float a, float b, float c", "",
+     "a, b, c = Split <axis = 1, num_outputs = 3> (x)", None),
+    ("slice-attr", 9, X4, "float y", "", "y = Slice <starts = [1, -3], ends = [3, 100], axes = [1, 3]> (x)", None),
+    ("slice-neg-steps", 13, X4, "float y", "int64[3] st = {-1, 6, 0}, int64[3] en = {-100, 1, 8},"
+     " int64[3] ax = {1, 2, 3}, int64[3] sp = {-1, -2, 3}", "y = Slice (x, st, en, ax, sp)", None),
+    ("slice-inputs-min", 13, X4, "float y", "int64[2] st = {1, 2}, int64[2] en = {3, 9223372036854775807}",
+     "y = Slice (x, st, en)", None),
+    ("slice-empty", 13, X4, "float y", "int64[1] st = {5}, int64[1] en = {2}, int64[1] ax = {2}",
+     "y = Slice (x, st, en, ax)", None),
+    ("gather-emb", 13, "int64[2, 3] i", "float y", "float[5, 4] e", "y = Gather (e, i)", {"i": _IDS}),
+    ("gather-axis1", 13, "float[3, 5, 2] x", "float y", "int64[2, 2] i = {0, -1, 2, 4}",
+     "y = Gather <axis = 1> (x, i)", None),
+    ("gather-scalar", 13, X3, "float y", "int64 i = {-2}", "y = Gather <axis = 1> (x, i)", None),
+    ("gather-elements", 13, "float[3, 4] x", "float y", "int64[3, 2] i = {0, -1, 3, 1, 2, 2}",
+     "y = GatherElements <axis = 1> (x, i)", None),
+    ("gather-nd", 13, "float[2, 3, 4] x", "float y", "int64[2, 2] i = {0, 1, 1, -1}",
+     "y = GatherND (x, i)", None),
+    ("gather-nd-batch", 13, "float[2, 3, 4] x", "float y", "int64[2, 1, 1] i = {2, 0}",
+     "y = GatherND <batch_dims = 1> (x, i)", None),
+    ("scatter-nd", 13, "float[4, 3] x", "float y", "int64[2, 1] i = {3, 1}, float[2, 3] u",
+     "y = ScatterND (x, i, u)", None),
+    ("scatter-nd-add", 16, "float[4, 3] x", "float y", "int64[2, 1] i = {1, 1}, float[2, 3] u",
+     'y = ScatterND <reduction = "add"> (x, i, u)', None),
+    ("scatter-elements", 13, "float[3, 4] x", "float y", "int64[3, 1] i = {1, -1, 0}, float[3, 1] u",
+     "y = ScatterElements <axis = 1> (x, i, u)", None),
+    ("shape-start-end", 15, X4, "int64 y", "", "y = Shape <start = 1, end = -1> (x)", None),
+    ("shape-size", 13, X4, "int64 y", "", "s = Shape (x)\n n = Size (x)\n y = Add (s, n)", None),
+    ("constant-forms", 13, "float[2, 3] x", "float y", "",
+     "a = Constant <value_float = 0.5> ()\n b = Constant <value_floats = [1.0, 2.0, 3.0]> ()\n"
+     " c = Constant <value_int = 2> ()\n d = Constant <value_ints = [3, 2]> ()\n"
+     " e = Constant <value = float[1, 3] {0.1, 0.2, 0.3}> ()\n"
+     " p = Add (x, a)\n q = Mul (p, b)\n r = Add (q, e)\n s = Reshape (r, d)\n"
+     " cf = Cast <to = 1> (c)\n y = Mul (s, cf)", None),
+    ("constant-of-shape", 13, X3, "float y", "",
+     "s = Shape (x)\n c = ConstantOfShape <value = float[1] {1.5}> (s)\n y = Mul (x, c)", None),
+    ("constant-of-shape-int", 13, X3, "int64 y", "int64[2] s = {2, 3}",
+     "y = ConstantOfShape <value = int64[1] {7}> (s)", None),
+    ("range-int", 13, X3, "int64 y", "int64 a = {10}, int64 d = {-3}",
+     "s = Shape (x)\n n = ReduceSum <keepdims = 0> (s)\n y = Range (a, n, d)", None),
+    ("range-float", 13, "float[2, 11] x", "float y", "float a = {0.5}, float l = {3.7}, float d = {0.3}",
+     "r = Range (a, l, d)\n y = Add (x, r)", None),
+    ("cast", 13, X3, "float y", "",
+     "a = Cast <to = 6> (x)\n b = Cast <to = 1> (a)\n c = Cast <to = 10> (x)\n d = Cast <to = 1> (c)\n"
+     " e = Cast <to = 9> (b)\n f = Cast <to = 1> (e)\n g = Add (b, d)\n y = Add (g, f)",
+     {"x": (_RNG.standard_normal((2, 3, 5)) * 3).astype(np.float32)}),
+    ("cast-like", 15, X3, "int64 y", "int64 z = {1}", "y = CastLike (x, z)", None),
+    ("dropout-12", 12, X3, "float y", "float r = {0.3}", "y = Dropout (x, r)", None),
+    ("dropout-mask-9", 9, X3, "float y, float m", "", "y, m = Dropout <ratio = 0.2> (x)", None),
+    ("dropout-mask-13", 13, X3, "float y, bool m", "", "y, m = Dropout (x)", None),
+    ("tile", 13, X3, "float y", "int64[3] r = {2, 1, 3}", "y = Tile (x, r)", None),
+    ("nonzero", 13, "float[4, 6] x", "int64 y", "", "y = NonZero (x)", {"x": np.where(_HALVES > 0.5, _HALVES, 0)}),
+    ("depth-to-space-dcr", 13, "float[1, 8, 3, 3] x", "float y", "", "y = DepthToSpace <blocksize = 2> (x)", None),
+    ("depth-to-space-crd", 13, "float[1, 8, 3, 3] x", "float y", "",
+     'y = DepthToSpace <blocksize = 2, mode = "CRD"> (x)', None),
+    ("space-to-depth", 13, "float[1, 2, 4, 6] x", "float y", "", "y = SpaceToDepth <blocksize = 2> (x)", None),
+    # padding
+    ("pad-constant", 13, X4, "float y", "int64[8] p = {0, 1, 2, 0, 0, 0, 1, 3}, float v = {0.5}",
+     "y = Pad (x, p, v)", None),
+    ("pad-negative", 13, X4, "float y", "int64[8] p = {0, 0, -1, 2, 0, 0, 1, -2}", "y = Pad (x, p)", None),
+    ("pad-reflect", 13, X4, "float y", "int64[8] p = {0, 1, 2, 3, 0, 1, 1, 2}",
+     'y = Pad <mode = "reflect"> (x, p)', None),
+    ("pad-edge", 13, X4, "float y", "int64[8] p = {0, 0, 2, 3, 0, 0, 1, 2}", 'y = Pad <mode = "edge"> (x, p)', None),
+    ("pad-wrap", 19, X4, "float y", "int64[8] p = {0, 0, 2, 3, 0, 0, 1, 2}", 'y = Pad <mode = "wrap"> (x, p)', None),
+    ("pad-axes", 18, X4, "float y", "int64[4] p = {1, 2, 3, 0}, int64[2] ax = {1, -1}",
+     "y = Pad (x, p, , ax)", None),
+    ("pad-attr", 2, X4, "float y", "", 'y = Pad <pads = [0, 0, 1, 2, 0, 0, 2, 1], mode = "reflect"> (x)', None),
+    # pooling
+    ("maxpool-ceil-asym", 13, X4, "float y", "",
+     "y = MaxPool <kernel_shape = [3, 3], strides = [2, 2], pads = [0, 1, 2, 1], ceil_mode = 1> (x)", None),
+    ("maxpool-dil", 13, "float[1, 2, 9, 9] x", "float y", "",
+     "y = MaxPool <kernel_shape = [2, 3], dilations = [2, 2], pads = [1, 1, 1, 1]> (x)", None),
+    ("maxpool-same-upper", 13, "float[1, 2, 9, 9] x", "float y", "",
+     'y = MaxPool <kernel_shape = [2, 2], strides = [2, 2], auto_pad = "SAME_UPPER"> (x)', None),
+    ("maxpool-indices", 13, X4, "float y, int64 i", "",
+     "y, i = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (x)", None),
+    ("maxpool-1d", 13, X3, "float y", "", "y = MaxPool <kernel_shape = [2], pads = [1, 1]> (x)", None),
+    ("avgpool-include-pad", 13, X4, "float y", "",
+     "y = AveragePool <kernel_shape = [3, 3], pads = [1, 1, 1, 1], count_include_pad = 1> (x)", None),
+    ("avgpool-exclude-asym", 13, X4, "float y", "",
+     "y = AveragePool <kernel_shape = [3, 3], strides = [2, 2], pads = [0, 1, 2, 1]> (x)", None),
+    ("avgpool-ceil", 13, "float[1, 2, 9, 9] x", "float y", "",
+     "y = AveragePool <kernel_shape = [2, 2], strides = [2, 2], ceil_mode = 1> (x)", None),
+    ("avgpool-ceil-pads-include", 13, "float[1, 2, 9, 9] x", "float y", "",
+     "y = AveragePool <kernel_shape = [3, 3], strides = [2, 2], pads = [1, 1, 1, 1], ceil_mode = 1,"
+     " count_include_pad = 1> (x)", None),
+    ("avgpool-same-lower", 13, "float[1, 2, 9, 9] x", "float y", "",
+     'y = AveragePool <kernel_shape = [2, 2], strides = [2, 2], auto_pad = "SAME_LOWER"> (x)', None),
+    ("avgpool-3d", 13, "float[1, 2, 4, 6, 6] x", "float y", "",
+     "y = AveragePool <kernel_shape = [2, 2, 2], strides = [2, 2, 2]> (x)", None),
+    ("global-pools", 13, X4, "float y", "", "a = GlobalMaxPool (x)\n b = GlobalAveragePool (x)\n y = Sub (a, b)", None),
+    # normalization
+    ("batchnorm-9", 9, X4, "float y", "float[3] s, float[3] b, float[3] mean, float[3] var",
+     "y = BatchNormalization <epsilon = 0.01> (x, s, b, mean, var)", None),
+    ("batchnorm-15", 15, X3, "float y", "float[3] s, float[3] b, float[3] mean, float[3] var",
+     "y = BatchNormalization (x, s, b, mean, var)", None),
+    ("instancenorm", 13, X4, "float y", "float[3] s, float[3] b",
+     "y = InstanceNormalization <epsilon = 0.001> (x, s, b)", None),
+    ("layernorm", 17, X4, "float y", "float[8] s, float[8] b", "y = LayerNormalization (x, s, b)", None),
+    ("layernorm-axis1-stats", 17, X4, "float y, float m, float r", "float[3, 8, 8] s",
+     "y, m, r = LayerNormalization <axis = 1, epsilon = 0.01> (x, s)", None),
+    ("layernorm-bcast-scale", 17, X4, "float y", "float[1, 8] s", "y = LayerNormalization <axis = -2> (x, s)", None),
+    ("groupnorm-18", 18, "float[2, 4, 3, 3] x", "float y", "float[2] s, float[2] b",
+     "y = GroupNormalization <num_groups = 2> (x, s, b)", None),
+    ("groupnorm-21", 21, "float[2, 4, 3, 3] x", "float y", "float[4] s, float[4] b",
+     "y = GroupNormalization <num_groups = 2, epsilon = 0.001> (x, s, b)", None),
+    ("lrn-odd", 13, "float[2, 6, 4, 4] x", "float y", "",
+     "y = LRN <size = 3, alpha = 0.01, beta = 0.6, bias = 1.5> (x)", None),
+    # resize / upsample
+    ("resize-linear-half-pixel", 13, X4, "float y", "float[4] s = {1.0, 1.0, 2.0, 1.5}",
+     'y = Resize <mode = "linear"> (x, , s)', None),
+    ("resize-linear-align-corners", 13, X4, "float y", "int64[4] sz = {2, 3, 13, 5}",
+     'y = Resize <mode = "linear", coordinate_transformation_mode = "align_corners"> (x, , , sz)', None),
+    ("resize-linear-pytorch-down", 13, X4, "float y", "float[4] s = {1.0, 1.0, 0.6, 0.5}",
+     'y = Resize <mode = "linear", coordinate_transformation_mode = "pytorch_half_pixel"> (x, , s)', None),
+    ("resize-linear-asymmetric", 13, X3, "float y", "float[3] s = {1.0, 1.0, 2.5}",
+     'y = Resize <mode = "linear", coordinate_transformation_mode = "asymmetric"> (x, , s)', None),
+    ("resize-nearest-default", 13, X4, "float y", "float[4] s = {1.0, 1.0, 1.7, 2.3}", "y = Resize (x, , s)", None),
+    ("resize-nearest-floor-asym", 13, X4, "float y", "float[4] s = {1.0, 1.0, 2.0, 2.0}",
+     'y = Resize <coordinate_transformation_mode = "asymmetric", nearest_mode = "floor"> (x, , s)', None),
+    ("resize-nearest-ceil-down", 13, X4, "float y", "int64[4] sz = {2, 3, 5, 3}",
+     'y = Resize <nearest_mode = "ceil"> (x, , , sz)', None),
+    ("resize-nearest-prefer-ceil", 13, X4, "float y", "float[4] s = {1.0, 1.0, 3.0, 0.5}",
+     'y = Resize <nearest_mode = "round_prefer_ceil", coordinate_transformation_mode = "align_corners"> (x, , s)', None),
+    ("resize-nearest-tf-half", 11, X4, "float y", "float[0] r, float[4] s = {1.0, 1.0, 1.5, 2.0}",
+     'y = Resize <coordinate_transformation_mode = "tf_half_pixel_for_nn"> (x, r, s)', None),
+    ("resize-11-sizes", 11, X4, "float y", "float[0] r, float[0] s, int64[4] sz = {2, 3, 6, 11}",
+     'y = Resize <mode = "linear"> (x, r, s, sz)', None),
+    ("resize-10-nearest", 10, X4, "float y", "float[4] s = {1.0, 1.0, 2.0, 3.0}", "y = Resize (x, s)", None),
+    ("resize-10-down", 10, X4, "float y", "float[4] s = {1.0, 1.0, 0.5, 0.75}", "y = Resize (x, s)", None),
+    ("resize-10-linear", 10, X4, "float y", "float[4] s = {1.0, 1.0, 2.0, 1.5}",
+     'y = Resize <mode = "linear"> (x, s)', None),
+    ("resize-18-axes", 18, X4, "float y", "float[2] s = {2.0, 0.75}",
+     'y = Resize <axes = [2, 3], mode = "linear"> (x, , s)', None),
+    ("resize-18-not-larger", 18, X4, "float y", "int64[2] sz = {12, 20}",
+     'y = Resize <axes = [2, 3], keep_aspect_ratio_policy = "not_larger"> (x, , , sz)', None),
+    ("resize-crop-and-resize", 13, X4, "float y", "float[8] r = {0, 0, 0.2, -0.1, 1, 1, 0.8, 1.2},"
+     " int64[4] sz = {2, 3, 5, 7}",
+     'y = Resize <mode = "linear", coordinate_transformation_mode = "tf_crop_and_resize",'
+     " extrapolation_value = 2.5> (x, r, , sz)", None),
+    ("resize-half-pixel-symmetric", 19, X4, "float y", "float[4] s = {1.0, 1.0, 1.5, 0.6}",
+     'y = Resize <mode = "linear", coordinate_transformation_mode = "half_pixel_symmetric"> (x, , s)', None),
+    ("upsample-9-nearest", 9, X4, "float y", "float[4] s = {1.0, 1.0, 2.0, 3.0}", "y = Upsample (x, s)", None),
+    ("upsample-9-linear", 9, X4, "float y", "float[4] s = {1.0, 1.0, 2.0, 1.5}",
+     'y = Upsample <mode = "linear"> (x, s)', None),
+    ("upsample-7-attr", 7, X4, "float y", "", "y = Upsample <scales = [1.0, 1.0, 2.0, 2.0]> (x)", None),
+]
+# fmt: on
+
+
+def _ir_version(opset: int) -> int:
+    return 8 if opset <= 18 else (9 if opset <= 20 else 10)
+
+
+def _op_model(opset, inputs, outputs, inits, body) -> onnx.ModelProto:
+    text = (
+        f'<ir_version: {_ir_version(opset)}, opset_import: ["" : {opset}]>\n'
+        f"g ({inputs}) => ({outputs})\n" + (f"<{inits}>\n" if inits else "") + f"{{\n {body}\n}}"
+    )
+    proto = model_from_text(text, seed=7)
+    for o in proto.graph.output:  # output ranks and sizes come from the ops
+        o.type.tensor_type.ClearField("shape")
+    return proto
+
+
+@pytest.mark.parametrize(
+    ("opset", "inputs", "outputs", "inits", "body", "feeds"),
+    [pytest.param(*case[1:], id=case[0]) for case in OPS],
+)
+def test_op_matches_ort(opset, inputs, outputs, inits, body, feeds):
+    model = ir.serde.deserialize_model(_op_model(opset, inputs, outputs, inits, body))
+    feeds = feeds if feeds is not None else random_feeds(model, seed=3)
+    check_forward(model, feeds)
+
+
+def test_lrn_even_size_follows_the_spec_window():
+    # onnxruntime rejects an even LRN size (and onnx.reference loops over the batch axis), so
+    # the oracle is the spec's formula: channels c - floor((size-1)/2) .. c + ceil((size-1)/2)
+    size, alpha, beta, bias = 4, 0.02, 0.75, 1.0
+    proto = _op_model(
+        13, "float[2, 6, 4, 4] x", "float y", "", "y = LRN <size = 4, alpha = 0.02> (x)"
+    )
+    x = np.random.default_rng(0).standard_normal((2, 6, 4, 4)).astype(np.float32)
+    sq = np.zeros_like(x, dtype=np.float64)
+    for c in range(6):
+        lo, hi = max(0, c - (size - 1) // 2), min(5, c + -(-(size - 1) // 2))
+        sq[:, c] = (x[:, lo : hi + 1].astype(np.float64) ** 2).sum(axis=1)
+    ref = (x / (bias + alpha / size * sq) ** beta).astype(np.float32)
+    assert_close(torch_run(to_torch(proto).eval(), {"x": x}), [ref])

@@ -350,26 +350,32 @@ def _lrn(node: NodeSpec):
 # ---------------------------------------------------------------- dropout
 
 
-def _dropout_run(ratio_attr, want_mask):
+def _dropout_run(ratio_attr, want_mask, bool_mask):
+    """Identity in eval mode; in train mode inverted dropout (kept entries scaled by
+    1 / (1 - ratio)). The mask output is bool from opset 10, the input's type before."""
+
     def run(rt, x, ratio=None, training_mode=None):
         r = float(ratio.item()) if ratio is not None else ratio_attr
         if not rt.training or r == 0.0:
-            if want_mask:
-                return x, torch.ones(x.shape, dtype=torch.bool, device=x.device)
+            if want_mask:  # opset < 10 leaves the inference mask open: onnxruntime gives 0s
+                if bool_mask:
+                    return x, torch.ones(x.shape, dtype=torch.bool, device=x.device)
+                return x, torch.zeros_like(x)
             return x
         if not want_mask:
             return F.dropout(x, r, True)
         mask = torch.rand(x.shape, device=x.device) >= r
-        return x * mask.to(x.dtype) / (1.0 - r), mask
+        y = x * mask.to(x.dtype) / (1.0 - r)
+        return y, mask if bool_mask else mask.to(x.dtype)
 
     return run
 
 
 @op("Dropout", opsets=(1, 11))
 def _dropout_attr(node: NodeSpec):
-    return _dropout_run(node.attr("ratio", 0.5), node.has_output(1))
+    return _dropout_run(node.attr("ratio", 0.5), node.has_output(1), node.opset >= 10)
 
 
 @op("Dropout", opsets=(12, None), config=(1, 2))
 def _dropout(node: NodeSpec):
-    return _dropout_run(0.5, node.has_output(1))
+    return _dropout_run(0.5, node.has_output(1), True)
