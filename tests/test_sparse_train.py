@@ -130,14 +130,17 @@ LAYOUTS = [  # (shape, reduction axis): Conv [O, C/g, kh, kw] axis 1, Gemm trans
     pattern=st.sampled_from(["2:4", "1:4", "1:8", "2:8", "1:16", "3:8", "16:32"]),
     seed=st.integers(0, 2**16),
     ties=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
 )
-def test_torch_mask_equals_numpy_mask(layout, pattern, seed, ties):
+def test_torch_mask_equals_numpy_mask(layout, pattern, seed, ties, dtype):
     shape, axis = layout
     spec = S(pattern)
     if shape[axis] % spec.m:
         return
     rng = np.random.default_rng(seed)
-    w = rng.integers(-2, 3, size=shape).astype(np.float32) if ties else rng.standard_normal(shape).astype(np.float32)
+    w = rng.integers(-2, 3, size=shape).astype(dtype) if ties else rng.standard_normal(shape).astype(dtype)
+    if ties:
+        w[w == 0] = np.where(rng.random(int((w == 0).sum())) < 0.5, -0.0, 0.0)  # -0 ties with +0
     got = nm_mask_torch(torch.from_numpy(w), axis, spec.n, spec.m).numpy().astype(bool)
     np.testing.assert_array_equal(got, nm_mask(w, axis, spec))
 

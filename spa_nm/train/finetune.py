@@ -141,7 +141,7 @@ def finetune(
     train = _as_dataset(model, data, "train")
     if val is None:
         train, valid = split(train, val_fraction, seed)
-        val_source = f"{val_fraction:g} of the training data (seeded, stratified by label)"
+        val_source = f"{val_fraction:g} of the training data (seeded{', stratified by label' if train.labels is not None else ''})"
     else:
         valid = _as_dataset(model, val, "val")
         val_source = valid.source
@@ -308,6 +308,8 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
                 raise SpaNmError(f"{source}: the torch forward pass failed: {str(e).splitlines()[0][:300]}") from e
             if labels is not None:
                 logits = outs[0].float()
+                if logits.ndim != 2 or logits.shape[1] <= int(labels.max()):
+                    raise InputError(f"{train.source}: labels go up to {int(labels.max())}, the first output has shape {list(logits.shape)}")
                 loss = torch.nn.functional.cross_entropy(logits, labels[idx])
                 correct += int((logits.argmax(1) == labels[idx]).sum())
             else:
