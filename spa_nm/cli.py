@@ -352,6 +352,9 @@ def _finetune(args) -> int:
             val = f"val MSE to the input model {a.get('mse_to_input_model', float('nan')):.4g}"
         print(f"{args.model} -> {args.output}: {what}, {rep['epochs']} epochs ({rep['steps']} steps){layers}; "
               f"{val} (onnxruntime, {rep['val_samples']} samples); {time.perf_counter() - t0:.1f} s")  # fmt: skip
+        fallback = {w: k for w, k in rep["schedule"].get("geometric_k", {}).items() if k < args.geometric_k}
+        if fallback:  # METHODS.md §2.5: k'·M must divide the reduction size
+            print(f"  geometric k fell back for {len(fallback)} weight(s): " + ", ".join(f"{w} k'={k}" for w, k in fallback.items()))
         if args.verbose:
             for sk in rep.get("layers_skipped", []):
                 print(f"  skipped {sk['node']} ({sk['op']}): {sk['reason']}")

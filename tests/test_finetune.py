@@ -266,3 +266,14 @@ def test_static_batch_model_conv_layout(tmp_path, capsys):
     assert check_nm(model.graph.initializers["wf"].const_value.numpy(), 1, NMSpec(2, 4))  # Gemm transB = 1
     w1 = model.graph.initializers["w1"].const_value.numpy()  # C_in = 3: skipped, stays dense
     assert np.count_nonzero(w1) == w1.size
+
+
+def test_geometric_fallback_is_reported(tmp_path, mlp_path, data_path, capsys):
+    """w1 has K = 16 and w2 K = 32: at 1:8 with k = 16 (block 128), k' = 2 and 4 (METHODS.md §2.5)."""
+    out, rep_path = tmp_path / "o.onnx", tmp_path / "r.json"
+    assert main(["finetune", str(mlp_path), "--data", str(data_path), "-o", str(out), "--method", "sdgf-geometric",
+                 "--pattern", "1:8", "--steps", "10", "--report", str(rep_path)]) == 0  # fmt: skip
+    assert "geometric k fell back for 2 weight(s): w1 k'=2, w2 k'=4" in capsys.readouterr().out
+    sched = json.loads(rep_path.read_text())["schedule"]
+    assert sched["geometric_k"] == {"w1": 2, "w2": 4}
+    assert sched["frames"] == {"w1": ["2:16", "1:8"], "w2": ["4:32", "2:16", "1:8"]}
