@@ -141,7 +141,11 @@ class _OneTensor:
 
             def forward(self, x):
                 out = self.m(x)
-                return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+                return (
+                    out.logits
+                    if getattr(out, "logits", None) is not None
+                    else out.last_hidden_state
+                )
 
         return OneTensor(model).eval()
 
@@ -180,7 +184,14 @@ def build(name: str, attention: str | None = None, seed: int = 0):
 
 @contextlib.contextmanager
 def _quiet():
-    names = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript", "transformers")
+    names = (
+        "torch.onnx",
+        "torch.export",
+        "torch._dynamo",
+        "torch.fx",
+        "onnxscript",
+        "transformers",
+    )
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     try:
@@ -194,7 +205,9 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def export(name: str, path: str | os.PathLike, exporter: str = "legacy", opset: int | None = None) -> Path:
+def export(
+    name: str, path: str | os.PathLike, exporter: str = "legacy", opset: int | None = None
+) -> Path:
     """Export entry ``name`` to one ONNX file (input ``input``, output ``output``, batch 1)."""
     import torch
 

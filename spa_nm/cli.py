@@ -30,6 +30,7 @@ _EPILOG_PRUNE = """examples:
   spa-nm prune model.onnx -o small.onnx --ratio 0.5
   spa-nm prune a.onnx b.onnx zoo/ -o out/ --ratio 0.3 --criterion l1 --report out/report.json
   spa-nm prune model.onnx -o small.onnx --ratio 0.5 --global --round-to 8 --ignore 'head*'
+  spa-nm prune gpt2.onnx -o small.onnx --ratio 0.25 --allow-approximate   # + residual stream
 """
 
 
@@ -136,6 +137,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="node names or wildcard patterns whose groups are kept",
     )
     pp.add_argument("--seed", type=int, default=0, help="seed of the random criterion (default: 0)")
+    pp.add_argument(
+        "--attention",
+        choices=("heads", "head_dim"),
+        default="heads",
+        help="attention: remove whole heads (default) or the same within-head indices of "
+        "every head (head_dim)",
+    )
+    pp.add_argument(
+        "--allow-approximate",
+        action="store_true",
+        help="also prune groups whose removal is not exact (a transformer's residual stream "
+        "through LayerNorm/RMSNorm); the report marks them and measures the output error",
+    )
     _add_obspa_args(pp)
     pp.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     pp.add_argument("--jobs", type=_positive, default=1, metavar="N", help="models pruned in parallel, each in its own process (default: 1)")
@@ -580,6 +594,8 @@ def _options(args) -> dict[str, Any]:
         "dry_run": args.dry_run,
         "hessian": args.hessian,
         "calibration": args.calibration,
+        "attention": args.attention,
+        "allow_approximate": args.allow_approximate,
     }
 
 
@@ -603,6 +619,8 @@ def prune_one(src: str, dst: str, opts: dict[str, Any], inputs: list[str], rerai
             seed=opts["seed"],
             hessian=opts.get("hessian"),
             calibration=opts.get("calibration"),
+            attention=opts.get("attention", "heads"),
+            allow_approximate=bool(opts.get("allow_approximate", False)),
         )
         if not opts.get("dry_run"):
             io.save(res.model, dst, inputs=inputs)
@@ -690,6 +708,14 @@ def _prune(args) -> int:
             print(f"spa-nm: error: {e['error']}", file=sys.stderr)
     if not args.quiet:
         print(summary_table(entries))
+        for e in entries:
+            err = (e.get("approximate") or {}).get("error") or {}
+            if err.get("measured"):
+                print(
+                    f"{e['input']}: {len(e['approximate']['groups'])} approximate group(s) "
+                    f"pruned; output error on random inputs: max {err['max_abs']:.3g}, "
+                    f"mean {err['mean_abs']:.3g} (outputs up to {err['max_abs_reference']:.3g})"
+                )
         if args.dry_run:
             print("dry run: no model written")
         if args.verbose or args.dry_run:

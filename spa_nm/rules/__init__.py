@@ -1,6 +1,7 @@
 """All op knowledge. Each family module registers its rules when imported here."""
 
 from spa_nm.rules import (  # noqa: F401  (registration side effects)
+    attention,
     concat_split,
     conv,
     elementwise,

@@ -281,9 +281,28 @@ def reshape_facts(ctx: RuleContext, x: str, y: str, facts: OpFacts) -> bool:
     if groups is None:
         facts.blocked.append(block(ctx, "cannot match reshape dims"))
         return False
+    groups = [([k + off_x for k in gi], [k + off_y for k in go]) for gi, go in groups]
+    # a composite slot whose axes fall in different dim groups (an Unsqueeze between heads and
+    # head_dim) is separated as by a Transpose: it collapses onto one of its axes
+    one_to_one = {gi[0]: go[0] for gi, go in groups if len(gi) == 1 and len(go) == 1}
+    apart = {
+        s
+        for s in in_slots
+        if len(s.axes) > 1 and len({i for i, (gi, _) in enumerate(groups) if set(gi) & set(s.axes)}) > 1
+    } | {
+        s
+        for s in out_slots
+        if len(s.axes) > 1 and len({i for i, (_, go) in enumerate(groups) if set(go) & set(s.axes)}) > 1
+    }
+    if apart:
+        amap = dict(one_to_one)
+        if any(a not in (amap if s.value == x else amap.values()) for s in apart for a in s.axes):
+            facts.blocked.append(block(ctx, "reshape splits a composite channel slot"))
+            return False
+        handled = split_composites(RestrictedContext(ctx, {}), x, y, amap, facts)
+        in_slots = [s for s in in_slots if s not in handled[x]]
+        out_slots = [s for s in out_slots if s not in handled[y]]
     for gi, go in groups:
-        gi = [k + off_x for k in gi]
-        go = [k + off_y for k in go]
         cin = [s for s in in_slots if set(s.axes) & set(gi)]
         cout = [s for s in out_slots if set(s.axes) & set(go)]
         if not cin and not cout:

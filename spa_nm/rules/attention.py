@@ -25,10 +25,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import onnx_ir as ir
 
-from spa_nm.facts import Blocked, Link, OpFacts, Slot
+from spa_nm.facts import Blocked, FixInfo, Fixup, Link, OpFacts, Slot
 from spa_nm.rules._context import RuleContext
 from spa_nm.rules._helpers import block
+from spa_nm.rules._registry import rule
 
 __all__ = ["batched_matmul"]
 
@@ -43,9 +45,13 @@ def _positions(
     ry = len(sy)
     pos: dict[tuple[int, int], Position] = {}
     for ax in range(ra):
-        pos[(0, ax)] = ("K", 0) if ax == ra - 1 else ("M", 0) if ax == ra - 2 else ("b", ax + ry - ra)
+        pos[(0, ax)] = (
+            ("K", 0) if ax == ra - 1 else ("M", 0) if ax == ra - 2 else ("b", ax + ry - ra)
+        )
     for ax in range(rb):
-        pos[(1, ax)] = ("N", 0) if ax == rb - 1 else ("K", 0) if ax == rb - 2 else ("b", ax + ry - rb)
+        pos[(1, ax)] = (
+            ("N", 0) if ax == rb - 1 else ("K", 0) if ax == rb - 2 else ("b", ax + ry - rb)
+        )
     for ax in range(ry):
         pos[(2, ax)] = ("N", 0) if ax == ry - 1 else ("M", 0) if ax == ry - 2 else ("b", ax)
     shapes = (sa, sb, sy)
@@ -65,9 +71,7 @@ def batched_matmul(node, ctx: RuleContext) -> OpFacts | Blocked:
     known = [ctx.slots(v) for v in names]
     if not any(known):
         return OpFacts()
-    if any(s is None for s in shapes) or not all(
-        isinstance(d, int) for s in shapes for d in s
-    ):
+    if any(s is None for s in shapes) or not all(isinstance(d, int) for s in shapes for d in s):
         return block(ctx, "MatMul of two activations with unknown shapes")
     sa, sb, sy = shapes
     if len(sa) < 2 or len(sb) < 2:
@@ -171,3 +175,165 @@ def _zero_transfer(ctx: RuleContext, sources):
         return {s: np.where(z, 0.0, np.nan) for s, z in out.items()}
 
     return transfer
+
+
+# -- the ONNX Attention op (opset 23) ---------------------------------------------------------
+
+
+def _attention_macs(node, ctx: RuleContext) -> int:
+    """Q·Kᵀ and attention·V: B·Hq·S·L·(d + dv)."""
+    q, k, v = (ctx.shape(ctx.input(i)) for i in range(3))
+    if any(s is None or not all(isinstance(d, int) for d in s) for s in (q, k, v)):
+        return 0
+    if len(q) == 4:
+        b, hq, s, d = q
+        seq_l, dv = k[2], v[3]
+        return b * hq * s * seq_l * (d + dv)
+    hq = int(ctx.attr("q_num_heads", 0) or 0)
+    hkv = int(ctx.attr("kv_num_heads", 0) or 0)
+    if not hq or not hkv:
+        return 0
+    return q[0] * hq * q[1] * k[1] * (q[2] // hq + v[2] // hkv)
+
+
+@rule("Attention", opsets=(23, None), macs=_attention_macs)
+def attention(node, ctx: RuleContext) -> OpFacts | Blocked:
+    """Scaled dot-product attention with grouped K/V heads (query head ``h`` reads K/V head
+    ``h // (Hq / Hkv)``). 3-D inputs pack heads in the last axis (``q_num_heads`` and
+    ``kv_num_heads`` say how many), 4-D ones hold them on axis 1.
+
+    ``"heads"`` mode: one unit per K/V head, with its K and V rows and the query heads that read
+    it (Q rows, Y columns); the head-count attributes are rewritten. ``"head_dim"`` mode: the
+    same index of every query and key head (Q·Kᵀ's contracted axis) and, separately, of every
+    value head with Y; an unset ``scale`` (1/√d by default) is fixed to the original value.
+    """
+    q, k, v, y = ctx.input(0), ctx.input(1), ctx.input(2), ctx.output(0)
+    names = (q, k, v, y)
+    if not any(ctx.slots(n) for n in names if n):
+        return OpFacts()
+    if any(n is None for n in names) or not all(ctx.static(n) for n in names):
+        return block(ctx, "Attention with unknown shapes")
+    shapes = [ctx.shape(n) for n in names]
+    rank = len(shapes[0])
+    if ctx.input(4) is not None or ctx.input(5) is not None:
+        return block(ctx, "Attention with a past key/value cache")
+    for o in node.outputs[1:]:
+        if o.name and (o.uses() or o.is_graph_output()):
+            return block(ctx, f"Attention output {o.name} (cache or scores) is used")
+    if rank == 3:
+        hq, hkv = int(ctx.attr("q_num_heads", 0) or 0), int(ctx.attr("kv_num_heads", 0) or 0)
+    elif rank == 4:
+        hq, hkv = shapes[0][1], shapes[1][1]
+    else:
+        return block(ctx, f"Attention with rank-{rank} inputs")
+    if not hq or not hkv or hq % hkv or shapes[2][rank - 3] != shapes[1][rank - 3]:
+        return block(ctx, "Attention head counts do not divide")
+    d, dv = (
+        (shapes[0][-1] // hq, shapes[2][-1] // hkv) if rank == 3 else (shapes[0][3], shapes[2][3])
+    )
+    mode = getattr(ctx.view, "attention", "heads")
+    mask = ctx.input(3)
+    ms = ctx.shape(mask) if mask else None
+    if mode == "heads" and ms is not None and len(ms) == 4 and ms[1] != 1:
+        return block(ctx, "the attention mask has a head axis")
+    # slots: 3-D: the packed last axis; 4-D: heads (axis 1) or head dim (axis 3)
+    if rank == 3:
+        slot = [Slot(n, (2,)) for n in names]
+    elif mode == "heads":
+        slot = [Slot(n, (1,)) for n in names]
+    else:
+        slot = [Slot(n, (3,)) for n in names]
+    for n, s in zip(names, slot, strict=True):
+        for o in ctx.slots(n):
+            if o != s:
+                return block(ctx, f"Attention does not carry channel slot {o} ({mode} mode)")
+    rep = hq // hkv
+    facts = OpFacts()
+    # every element is tied to a hub element: K's (head, 0) for heads, (0, j) for head dims
+    if mode == "heads":
+        per = [d, d, dv, dv] if rank == 3 else [1, 1, 1, 1]
+        heads = [hq, hkv, hkv, hq]
+        hub = []
+        for i in range(4):
+            h = np.repeat(np.arange(heads[i]), per[i])
+            g = h // rep if heads[i] == hq else h
+            hub.append(g * per[1])  # K element of head g, index 0
+        for i in (0, 2, 3):
+            facts.links.append(_tie(slot[i], slot[1], hub[i], i == 3))
+        facts.links.append(Link(slot[1], slot[1], np.arange(hkv * per[1]), hub[1]))
+        zero_src = (2, hub[2], hub[3])  # Y is 0 where its V head is
+    else:
+        if rank == 3:
+            jq = np.tile(np.arange(d), hq)
+            jk = np.tile(np.arange(d), hkv)
+            jv = np.tile(np.arange(dv), hkv)
+            jy = np.tile(np.arange(dv), hq)
+        else:
+            jq, jk, jv, jy = np.arange(d), np.arange(d), np.arange(dv), np.arange(dv)
+        facts.links.append(Link(slot[0], slot[1], np.arange(jq.size), jq))
+        facts.links.append(Link(slot[1], slot[1], np.arange(jk.size), jk))
+        facts.links.append(Link(slot[2], slot[2], np.arange(jv.size), jv))
+        facts.links.append(Link(slot[2], slot[3], jy, np.arange(jy.size)))
+        zero_src = (2, jv, jy)
+        if ctx.attr("scale") is None:
+            facts.fixups.append(_scale_fixup(node.name, 1.0 / float(np.sqrt(d))))
+    if rank == 3 and mode == "heads":
+        facts.fixups.append(_heads_fixup(node.name, q, k, d))
+    facts.transfer = _attention_transfer(ctx, slot, zero_src)
+    return facts
+
+
+def _tie(a: Slot, hub: Slot, idx: np.ndarray, output: bool) -> Link:
+    """Tie every element of ``a`` to ``hub`` element ``idx[i]`` (inputs first)."""
+    if output:
+        return Link(hub, a, idx, np.arange(idx.size))
+    return Link(a, hub, np.arange(idx.size), idx)
+
+
+def _attention_transfer(ctx: RuleContext, slot: list[Slot], zero_src):
+    """Y is 0 where every V element it reads is 0 (a zeroed head or head-dim index)."""
+    vi, v_hub, y_hub = zero_src
+
+    def transfer(kappa: Mapping[Slot, np.ndarray]) -> dict[Slot, np.ndarray]:
+        kv = kappa.get(slot[vi])
+        n = ctx.slot_size(slot[3])
+        if kv is None:
+            return {slot[3]: np.full(n, np.nan)}
+        zero_at = np.ones(int(max(v_hub.max(), y_hub.max())) + 1, dtype=bool)
+        np.logical_and.at(zero_at, v_hub, kv == 0)
+        seen = np.zeros_like(zero_at)
+        seen[v_hub] = True
+        ok = zero_at & seen
+        return {slot[3]: np.where(ok[y_hub], 0.0, np.nan)}
+
+    return transfer
+
+
+def _heads_fixup(node_name: str, q: str, k: str, d: int) -> Fixup:
+    def apply(node, info: FixInfo) -> None:
+        nq, nk = info.new_shape(q), info.new_shape(k)
+        node.attributes["q_num_heads"] = ir.AttrInt64("q_num_heads", int(nq[-1]) // d)
+        node.attributes["kv_num_heads"] = ir.AttrInt64("kv_num_heads", int(nk[-1]) // d)
+
+    return Fixup(node_name, "rewrite the Attention head counts", apply)
+
+
+def _scale_fixup(node_name: str, scale: float) -> Fixup:
+    def apply(node, info: FixInfo) -> None:
+        node.attributes["scale"] = ir.AttrFloat32("scale", scale)
+
+    return Fixup(node_name, "keep the Attention scale of the original head size", apply)
+
+
+# -- onnxruntime's contrib attention ops: blocked with the reason -----------------------------
+
+
+@rule("Attention", "MultiHeadAttention", domain="com.microsoft")
+def ms_attention(node, ctx: RuleContext) -> Blocked:
+    """These fused ops carry their own weight and cache layouts (packed QKV weights, rotary
+    caches, past/present states); rewriting them is not supported."""
+    return block(
+        ctx,
+        f"com.microsoft::{node.op_type} packs Q/K/V and caches in its own layout: its heads are "
+        "not pruned (export without onnxruntime's fusions, or use the ONNX Attention op)",
+    )

@@ -50,6 +50,15 @@ def _pieces(ctx: RuleContext, whole: str, parts: list[str], axis: int, facts: Op
     other = {a: a for a in range(r) if a != axis}
     for p in parts:
         if ctx.is_param(p):
+            # a constant part (ViT's class token) loses the entries of a channel on another
+            # axis with it: a member slice
+            for s in ctx.slots(whole):
+                if axis in s.axes:
+                    continue
+                if len(s.axes) != 1 or ctx.shape(p)[s.axes[0]] != ctx.shape(whole)[s.axes[0]]:
+                    facts.blocked.append(block(ctx, f"constant part {p} spans channel slot {s}"))
+                    return False
+                facts.params.append(Param(p, s.axes[0], s, Role.OTHER))
             continue
         sub = _Hide(ctx, axis)
         if not map_axes(sub, p, whole, other, facts):
@@ -89,7 +98,10 @@ def concat(node, ctx: RuleContext) -> OpFacts:
             out = copy(kappa)
             for p in members:
                 k = out.setdefault(p.slot, np.full(ctx.slot_size(p.slot), np.nan))
-                k[p.idx] = 0.0
+                if p.idx is None:  # beside the other parts on another axis: 0 only if they are
+                    k[:] = np.where(k == 0, 0.0, np.nan)
+                else:
+                    k[p.idx] = 0.0
             return out
 
         facts.transfer = transfer

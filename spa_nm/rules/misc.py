@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from spa_nm.facts import OpFacts
+from spa_nm.facts import OpFacts, Param, Role
 from spa_nm.rules._context import RuleContext
 from spa_nm.rules._helpers import block, map_axes
 from spa_nm.rules._registry import rule
@@ -60,6 +60,16 @@ def gather(node, ctx: RuleContext) -> OpFacts:
     axis = ctx.axis(data, int(ctx.attr("axis", 0)))
     amap = {a: (a if a < axis else a + ri - 1) for a in range(r) if a != axis}
     facts = OpFacts()
+    if ctx.is_param(data):
+        # an embedding table [V, D] read by token ids: its D axis produces the channel
+        # (METHODS.md §1.3, Gather row), a cut like a Linear's weight rows
+        inverse = {v: k for k, v in amap.items()}
+        for s in ctx.slots(y):
+            if len(s.axes) != 1 or s.axes[0] not in inverse:
+                return block(ctx, f"Gather of a constant table does not carry channel slot {s}")
+            facts.params.append(Param(data, inverse[s.axes[0]], s, Role.WEIGHT_OUT))
+            facts.resets.append(s)
+        return facts
     map_axes(ctx, data, y, amap, facts, what="Gather indexes it")
     from spa_nm.rules._helpers import copy_transfer
 

@@ -1,13 +1,14 @@
 """Normalizations. Per-channel ones (BatchNorm, InstanceNorm) pass channels through with their
 scale, shift and statistics as member slices; norms whose statistics mix the channel axis
-(LayerNorm over it, GroupNorm) block it: removing a channel would change every other channel's
-output (METHODS.md §1.3)."""
+(GroupNorm) block it: removing a channel would change every other channel's output
+(METHODS.md §1.3). LayerNorm and RMSNorm over the last axis (a transformer's residual stream)
+are *approximate*: blocked unless the analysis allows approximation."""
 
 from __future__ import annotations
 
 from spa_nm.facts import OpFacts, Param, Role, Slot
 from spa_nm.rules._context import RuleContext
-from spa_nm.rules._helpers import block, map_axes
+from spa_nm.rules._helpers import RestrictedContext, block, map_axes
 from spa_nm.rules._registry import rule
 
 __all__: list[str] = []
@@ -73,19 +74,56 @@ def group_norm(node, ctx: RuleContext) -> OpFacts:
 
 @rule("LayerNormalization")
 def layer_norm(node, ctx: RuleContext) -> OpFacts:
-    """Axes before ``axis`` pass through; the normalized axes block channel removal."""
+    """Axes before ``axis`` pass through. Removing channels of the one normalized axis (the
+    residual stream of a transformer) changes the mean and variance every other channel is
+    normalized with: approximate, so the channels pass through with γ and β as members and the
+    analysis allows it only when asked (METHODS.md §1.3, LayerNorm row)."""
+    return _normalization(ctx, [(1, Role.NORM_SCALE), (2, Role.NORM_SHIFT)], "the mean and variance")
+
+
+@rule("RMSNormalization", opsets=(23, None))
+def rms_norm(node, ctx: RuleContext) -> OpFacts:
+    """Like LayerNormalization, with a root mean square and a scale only."""
+    return _normalization(ctx, [(1, Role.NORM_SCALE)], "the root mean square")
+
+
+def _normalization(ctx: RuleContext, roles: list[tuple[int, Role]], stats: str) -> OpFacts:
     x, y = ctx.input(0), ctx.output(0)
+    op = ctx.node.op_type
     r = ctx.rank(x)
     if r is None:
         return block(ctx, "input rank is unknown")
     axis = ctx.axis(x, int(ctx.attr("axis", -1)))
     facts = OpFacts()
+    last = Slot(x, (r - 1,))
     for s in ctx.slots(x) + ctx.slots(y):
-        if any(a >= axis for a in s.axes):
+        if not any(a >= axis for a in s.axes):
+            continue
+        if axis != r - 1 or s.axes != (r - 1,):
             return block(
                 ctx,
-                f"LayerNormalization normalizes over channel slot {s}: removing channels changes "
-                "the statistics (approximate pruning is opt-in, see the transformers issue)",
+                f"{op} normalizes over channel slot {s} and other axes: removing channels "
+                "changes the statistics",
             )
-    map_axes(ctx, x, y, {a: a for a in range(axis)}, facts)
+        if any(o.uses() or o.is_graph_output() for o in ctx.node.outputs[1:]):
+            return block(ctx, f"{op} statistics outputs are used")
+        for i, _ in roles:
+            v = ctx.input(i)
+            if v is not None and not (ctx.is_param(v) and ctx.shape(v) == (ctx.shape(x)[-1],)):
+                return block(ctx, f"{op} input {i} is not a per-channel constant")
+        facts.approximate.append(
+            block(
+                ctx,
+                f"{op} normalizes over channel slot {s}: removing channels changes {stats}",
+                (x, y),
+            )
+        )
+        sy = Slot(y, (r - 1,))
+        facts.links.append(_link(last, sy))
+        for i, role in roles:
+            if ctx.input(i) is not None:
+                facts.params.append(Param(ctx.input(i), 0, sy, role))
+        facts.resets.append(sy)
+        break
+    map_axes(RestrictedContext(ctx, {x: {last}, y: {Slot(y, (r - 1,))}}), x, y, {a: a for a in range(axis)}, facts)
     return facts

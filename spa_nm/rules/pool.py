@@ -11,7 +11,13 @@ import numpy as np
 import onnx_ir as ir
 from spa_nm.facts import FixInfo, Fixup, OpFacts
 from spa_nm.rules._context import RuleContext
-from spa_nm.rules._helpers import block, copy_transfer, map_axes, unary_transfer
+from spa_nm.rules._helpers import (
+    RestrictedContext,
+    block,
+    copy_transfer,
+    map_axes,
+    unary_transfer,
+)
 from spa_nm.rules._registry import rule
 
 __all__: list[str] = []
@@ -95,7 +101,22 @@ def reduce(node, ctx: RuleContext) -> OpFacts:
         amap[a] = j
         j += 1
     facts = OpFacts()
-    if not map_axes(ctx, x, y, amap, facts, what=f"{node.op_type} reduces it"):
+    stats = set()
+    if node.op_type == "ReduceMean" and keep:
+        # a normalization statistic (RMSNorm, a decomposed LayerNorm: mean over the channel
+        # axis, broadcast back): removing channels changes it, so it is approximate
+        for s in ctx.slots(x):
+            if set(s.axes) <= set(axes):
+                stats.add(s)
+                facts.approximate.append(
+                    block(
+                        ctx,
+                        f"ReduceMean reduces it: a mean over channel slot {s} (a normalization "
+                        "statistic) changes when channels are removed",
+                        (x,),
+                    )
+                )
+    if not map_axes(RestrictedContext(ctx, {x: stats}), x, y, amap, facts, what=f"{node.op_type} reduces it"):
         return facts
     xs = ctx.shape(x)
     n = 1

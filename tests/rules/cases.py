@@ -20,6 +20,7 @@ class Case:
     decl: str = ""
     y_channels: int = 8
     batch: str = "1"
+    domains: str = ""  # more opset imports: ', "com.microsoft" : 1'
 
 
 # small integer weights for the quantized-op cases
@@ -441,6 +442,45 @@ C = [
              " y = DequantizeLinear (q, qs, qz)"),
         ]
     ],  # fmt: skip
+    # attention (tests/rules/test_attention.py has the variants): c1's 8 channels are the
+    # hidden axis of 36 tokens, 4 heads of 2
+    Case(
+        "attention_op_3d_heads",
+        "r = Reshape (c1, s3)\n t = Transpose <perm = [0, 2, 1]> (r)\n"
+        " a = Attention <q_num_heads = 4, kv_num_heads = 4> (t, t, t)\n"
+        " u = Transpose <perm = [0, 2, 1]> (a)\n y = Reshape (u, s4)",
+        opset=23,
+        decl="int64[3] s3 = {1, 8, 36}, int64[4] s4 = {1, 8, 6, 6}",
+    ),
+    Case(
+        "rmsnorm_channel_is_approximate",
+        "t = Transpose <perm = [0, 2, 3, 1]> (c1)\n n = RMSNormalization (t, s)\n"
+        " y = Transpose <perm = [0, 3, 1, 2]> (n)",
+        "block:allowed with --allow-approximate",
+        opset=23,
+        decl="float[8] s",
+    ),
+    *[
+        Case(
+            f"ms_{op.lower()}_blocks",
+            "r = Reshape (c1, s3)\n t = Transpose <perm = [0, 2, 1]> (r)\n"
+            f" a = com.microsoft.{op} <num_heads = 4> (t, t, t)\n"
+            " u = Transpose <perm = [0, 2, 1]> (a)\n y = Reshape (u, s4)",
+            "block:packs Q/K/V",
+            decl="int64[3] s3 = {1, 8, 36}, int64[4] s4 = {1, 8, 6, 6}",
+            domains=', "com.microsoft" : 1',
+        )
+        for op in ("MultiHeadAttention",)
+    ],
+    Case(
+        "ms_attention_blocks",
+        "r = Reshape (c1, s3)\n t = Transpose <perm = [0, 2, 1]> (r)\n"
+        " a = com.microsoft.Attention <num_heads = 4> (t, wqkv, bqkv)\n"
+        " u = Transpose <perm = [0, 2, 1]> (a)\n y = Reshape (u, s4)",
+        "block:packs Q/K/V",
+        decl="int64[3] s3 = {1, 8, 36}, int64[4] s4 = {1, 8, 6, 6}, float[8, 24] wqkv, float[24] bqkv",
+        domains=', "com.microsoft" : 1',
+    ),
     Case("unknown_op_blocks", "y = LRN <size = 3> (c1)", "block:no rule"),
     Case(
         "shared_initializer_elsewhere_blocks",
@@ -457,8 +497,9 @@ assert len(CASES) == len(C), "duplicate case ids"
 def model_text(c: Case) -> str:
     decl = (", " + c.decl) if c.decl else ""
     body = "\n  ".join(line.strip() for line in c.body.split("\n"))
+    ir_version = 9 if c.opset <= 20 else 10 if c.opset <= 22 else 11
     return f"""
-<ir_version: 9, opset_import: ["" : {c.opset}]>
+<ir_version: {ir_version}, opset_import: ["" : {c.opset}{c.domains}]>
 case (float[{c.batch}, 3, 6, 6] input) => (float[{c.batch}, 5] output)
 <float[8, 3, 3, 3] w1, float[8] b1, float[5, {c.y_channels}] wf, float[5] bf{decl}>
 {{

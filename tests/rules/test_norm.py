@@ -3,7 +3,10 @@ their parameters as member slices; norms whose statistics span the channel axis 
 
 from __future__ import annotations
 
-from tests.rules._harness import Case, check, net, variants
+import pytest
+
+import spa_nm
+from tests.rules._harness import Case, build, check, group_of, net, variants
 
 BN = "float[8] s, float[8] t, float[8] m, float[8] var"  # random scale, shift, mean; var > 0
 
@@ -119,3 +122,88 @@ CASES: list[Case] = [
 @variants(CASES)
 def test_case(case):
     check(case)
+
+
+# -- approximate: the residual stream through LayerNorm / RMSNorm (--allow-approximate) -----
+
+_TOKENS = """
+<ir_version: {ir}, opset_import: ["" : {opset}]>
+g (float[2, 5, 6] x) => (float[2, 5, 3] y)
+<float[6, 8] w1, float[8] b1, float[8] g, float[8] b, float[8, 3] w2>
+{{
+  h = MatMul (x, w1)
+  hb = Add (h, b1)
+  {norm}
+  y = MatMul (n, w2)
+}}
+"""
+_NORMS = {
+    "layernorm": (17, "n = LayerNormalization <axis = -1, epsilon = 0.001> (hb, g, b)"),
+    "rmsnorm_op": (23, "n = RMSNormalization <axis = -1, epsilon = 0.001> (hb, g)"),
+    # RMSNorm as exporters write it: x * rsqrt(mean(x^2) + eps) * g
+    "rmsnorm_decomposed": (
+        17,
+        "two = Constant <value = float {2.0}> ()\n sq = Pow (hb, two)\n"
+        " ms = ReduceMean <axes = [-1], keepdims = 1> (sq)\n eps = Constant <value = float {0.001}> ()\n"
+        " me = Add (ms, eps)\n rt = Sqrt (me)\n inv = Reciprocal (rt)\n nx = Mul (hb, inv)\n n = Mul (nx, g)",
+    ),
+}
+
+
+def _norm_model(kind: str):
+    import onnx.parser
+
+    opset, norm = _NORMS[kind]
+    text = _TOKENS.format(ir=11 if opset >= 23 else 9, opset=opset, norm=norm)
+    onnx.parser.parse_model(text)  # fails loudly on a typo
+    return build(Case(kind, text))
+
+
+def _reference(kind: str, w: dict, x, keep):
+    """The normalization computed over the kept channels only, from the original weights."""
+    import numpy as np
+
+    h = x @ w["w1"][:, keep] + w["b1"][keep]
+    if kind == "layernorm":
+        mu = h.mean(-1, keepdims=True)
+        n = (h - mu) / np.sqrt(((h - mu) ** 2).mean(-1, keepdims=True) + 1e-3) * w["g"][keep] + w["b"][keep]
+    else:
+        n = h / np.sqrt((h**2).mean(-1, keepdims=True) + 1e-3) * w["g"][keep]
+    return n @ w["w2"][keep]
+
+
+@pytest.mark.parametrize("kind", sorted(_NORMS))
+def test_norm_over_channels_blocks_unless_approximate(kind):
+    model = _norm_model(kind)
+    res = spa_nm.prune(model, 0.5, round_to=1)
+    grp = group_of(res.graph, "hb")
+    assert not grp.prunable
+    assert any("allowed with --allow-approximate" in b.reason for b in grp.blocked)
+    assert "approximate" not in res.report
+
+
+@pytest.mark.parametrize("kind", sorted(_NORMS))
+def test_norm_over_channels_approximate(kind):
+    """Removal keeps every slice consistent (W1 columns, b1, γ, β, W2 rows): the pruned model
+    is the normalization over the kept channels; the report's error is the measured one."""
+    import numpy as np
+
+    from spa_nm.testing import random_feeds, run
+
+    model = _norm_model(kind)
+    res = spa_nm.prune(model, 0.5, round_to=1, allow_approximate=True)
+    grp = group_of(res.graph, "hb")
+    assert grp.prunable and grp.approximate and grp.id in res.plan.removed
+    w = {n: v.const_value.numpy() for n, v in model.graph.initializers.items()}
+    w1_new = res.model.graph.initializers["w1"].const_value.numpy()
+    keep = [int(np.flatnonzero((w["w1"] == col[:, None]).all(0))[0]) for col in w1_new.T]
+    assert len(keep) == 4
+    feeds = random_feeds(model)
+    got = run(res.model, feeds)[0]
+    np.testing.assert_allclose(got, _reference(kind, w, feeds["x"], keep), atol=1e-5)
+    ref = run(model, feeds)[0]
+    err = res.report["approximate"]["error"]
+    assert err["measured"] and err["max_abs"] == pytest.approx(float(np.abs(got - ref).max()), rel=1e-6)
+    assert err["mean_abs"] == pytest.approx(float(np.abs(got - ref).mean()), rel=1e-6)
+    assert err["max_abs"] > 1e-3  # removing channels really changed the statistics
+    assert res.report["approximate"]["groups"][0]["reasons"]
