@@ -174,6 +174,7 @@ def test_skl2onnx_zipmap_output_is_declined_cleanly(tmp_path, capsys):
 
 # -- realmodels tier: ONNX files inside PyPI packages -------------------------------------------
 
+_STATE = np.zeros((2, 2, 128), np.float32)  # Silero's recurrent state for a batch of 2
 CARRIERS = {  # package -> (file, what it is, symbolic size for random feeds, input overrides)
     "rapidocr-onnxruntime": [
         ("ch_PP-OCRv4_det_infer.onnx", "PaddleOCR detector (paddle2onnx)", 64, {}),
@@ -188,7 +189,12 @@ CARRIERS = {  # package -> (file, what it is, symbolic size for random feeds, in
         ("common_old.onnx", "dynamic-quantized OCR (onnx.quantize)", 64, {}),
     ],
     "silero-vad": [
-        ("silero_vad.onnx", "VAD, all in If subgraphs (spox)", 512, {"sr": np.asarray(16000)}),
+        (
+            "silero_vad.onnx",
+            "VAD, all in If subgraphs (spox)",
+            512,
+            {"sr": np.asarray(16000), "state": _STATE},
+        ),
         (
             "silero_vad_16k_op15.onnx",
             "VAD, STFT conv + If + LSTM (torch 2.3)",
