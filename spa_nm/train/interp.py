@@ -38,7 +38,7 @@ import onnx_ir as ir
 import torch  # noqa: TID253 - spa_nm.train.interp is only imported by to_torch
 from torch import nn  # noqa: TID253
 
-from spa_nm.train import ops_math, ops_nn, ops_resize, ops_tensor  # noqa: F401  (registration)
+from spa_nm.train import ops_control, ops_math, ops_nn, ops_resize, ops_rnn, ops_tensor  # noqa: F401
 from spa_nm.train.ops_common import as_tensor
 from spa_nm.train.ops_tensor import constant_value
 from spa_nm.train.registry import NodeSpec, UnsupportedOpError, lookup
@@ -59,6 +59,36 @@ class _Step:
     free: tuple[str, ...]
     node: str
     op_type: str
+    scoped: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Program:
+    """A graph's kernels in order and the names of its outputs."""
+
+    steps: tuple[_Step, ...]
+    outputs: tuple[str, ...]
+
+
+def _run(rt: OnnxModule, program: _Program, env: dict[str, torch.Tensor]) -> tuple:
+    """Run ``program`` over ``env`` (names -> tensors; values are added and freed in place)."""
+    for step in program.steps:
+        xs = [None if n is None else env[n] for n in step.inputs]
+        if len(step.data_slots) > 1:
+            _align(xs, step.data_slots)
+        try:
+            out = step.kernel(rt, env, *xs) if step.scoped else step.kernel(rt, *xs)
+        except Exception as e:
+            raise RuntimeError(f"{rt.source}: node {step.node} ({step.op_type}) failed: {e}") from e
+        if isinstance(out, torch.Tensor):
+            env[step.outputs[0]] = out
+        else:
+            for name, t in zip(step.outputs, out, strict=False):
+                if name:
+                    env[name] = t
+        for name in step.free:
+            env.pop(name, None)
+    return tuple(env[n] for n in program.outputs)
 
 
 def _is_float(arr: np.ndarray) -> bool:
@@ -116,9 +146,8 @@ class OnnxModule(nn.Module):
 
     def __init__(
         self,
-        steps: list[_Step],
+        program: _Program,
         input_names: list[str],
-        output_names: list[str],
         params: dict[str, np.ndarray],
         buffers: dict[str, np.ndarray],
         host: dict[str, np.ndarray],
@@ -127,8 +156,8 @@ class OnnxModule(nn.Module):
         super().__init__()
         self.source = source
         self.input_names = list(input_names)
-        self.output_names = list(output_names)
-        self._steps = steps
+        self.output_names = list(program.outputs)
+        self._program = program
         self._param_keys = _safe_names(list(params), "p_")
         self._buffer_keys = _safe_names(list(buffers), "b_")
         for name, arr in params.items():
@@ -148,7 +177,7 @@ class OnnxModule(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"source={self.source!r}, nodes={len(self._steps)}, inputs={self.input_names}, "
+            f"source={self.source!r}, nodes={len(self._program.steps)}, inputs={self.input_names}, "
             f"outputs={self.output_names}"
         )
 
@@ -181,25 +210,7 @@ class OnnxModule(nn.Module):
         for name, key in self._buffer_keys.items():
             env[name] = getattr(self, key)
         env.update(self._feeds(args, kwargs))
-        for step in self._steps:
-            xs = [None if n is None else env[n] for n in step.inputs]
-            if len(step.data_slots) > 1:
-                _align(xs, step.data_slots)
-            try:
-                out = step.kernel(self, *xs)
-            except Exception as e:
-                raise RuntimeError(
-                    f"{self.source}: node {step.node} ({step.op_type}) failed: {e}"
-                ) from e
-            if isinstance(out, torch.Tensor):
-                env[step.outputs[0]] = out
-            else:
-                for name, t in zip(step.outputs, out, strict=False):
-                    if name:
-                        env[name] = t
-            for name in step.free:
-                env.pop(name, None)
-        return tuple(env[n] for n in self.output_names)
+        return _run(self, self._program, env)
 
 
 def _align(xs: list, slots: tuple[int, ...]) -> None:
@@ -223,45 +234,137 @@ def to_torch(model: ir.Model | onnx.ModelProto, *, name: str | None = None) -> O
 
     ``name`` labels error messages (default: the graph's name). The input model is not
     modified. Raises `UnsupportedOpError` for a node without a torch kernel (custom domains,
-    control flow, unimplemented modes), naming the op, its opset and the node.
+    unimplemented modes), naming the op, its opset and the node (and the other missing ops).
     """
     src = _as_ir(model)
     where = name or src.graph.name or "<model>"
-    top_constants = {
-        n.outputs[0].name for n in src.graph if n.op_type == "Constant" and not n.domain
-    }
+    writable = _writable(src)
     m = _prepared(src)
     g = m.graph
     opsets = {("" if k == "ai.onnx" else k): v for k, v in m.opset_imports.items()}
-
-    consts: dict[str, np.ndarray] = {}
-    for vname, v in g.initializers.items():
-        if v.const_value is not None:
-            consts[vname] = np.asarray(v.const_value.numpy())
-    steps_nodes = []
-    for node in g:
-        domain = "" if node.domain in ("", "ai.onnx") else node.domain
-        opset = opsets.get(domain, 1)
-        spec = NodeSpec(node, opset, where, consts)
-        if node.op_type == "Constant" and domain == "":
-            consts[node.outputs[0].name] = constant_value(spec)
-            continue
-        entry = lookup(domain, node.op_type, opset)
-        if entry is None:
-            raise spec.unsupported()
-        steps_nodes.append((node, entry, spec))
-
-    roles: dict[str, set[str]] = {}
-    for node, entry, _ in steps_nodes:
-        for i, v in enumerate(node.inputs):
-            if v is not None and v.name in consts:
-                roles.setdefault(v.name, set()).add(entry.role(i))
-    params, buffers, host = _classify(consts, roles, set(g.initializers) | top_constants)
-
-    steps = _steps(steps_nodes, {v.name for v in g.outputs})
+    builder = _Builder(where, opsets)
+    program = builder.program(g)
+    if builder.missing:
+        first = builder.missing[0]
+        others = sorted({spec.label for spec in builder.missing} - {first.label})
+        err = first.unsupported()
+        raise UnsupportedOpError(
+            f"{err}; also missing: {', '.join(others)}" if others else str(err)
+        )
+    params, buffers, host = _classify(builder.consts, builder.roles, writable)
     inputs = [v.name for v in g.inputs if v.name not in g.initializers]
-    outputs = [v.name for v in g.outputs]
-    return OnnxModule(steps, inputs, outputs, params, buffers, host, where)
+    return OnnxModule(program, inputs, params, buffers, host, where)
+
+
+def _writable(model: ir.Model) -> set[str]:
+    """Names write_back can update: initializers (of every graph scope) and Constant nodes."""
+    names = set(model.graph.initializers)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            names.add(node.outputs[0].name)
+        for g in _graphs(node):
+            names.update(g.initializers)
+    return names
+
+
+def _graphs(node: ir.Node) -> list[ir.Graph]:
+    out: list[ir.Graph] = []
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            out.append(attr.value)
+        elif attr.type == ir.AttributeType.GRAPHS:
+            out.extend(attr.value)
+    return out
+
+
+def _captured(node: ir.Node) -> set[str]:
+    """Outer-scope names the node's subgraphs read."""
+    out: set[str] = set()
+    for g in _graphs(node):
+        local = {v.name for v in g.inputs} | set(g.initializers)
+        inner = list(ir.traversal.RecursiveGraphIterator(g))
+        for n in inner:
+            local.update(v.name for v in n.outputs)
+            for sub in _graphs(n):
+                local.update(v.name for v in sub.inputs)
+                local.update(sub.initializers)
+        for n in inner:
+            out.update(v.name for v in n.inputs if v is not None and v.name not in local)
+        out.update(v.name for v in g.outputs if v.name not in local)
+    return out
+
+
+class _Builder:
+    """Turns a graph (and, recursively, its subgraphs) into a `_Program`, collecting every
+    constant, the roles its readers give it, and the nodes without a kernel."""
+
+    def __init__(self, where: str, opsets: dict[str, int]) -> None:
+        self.where = where
+        self.opsets = opsets
+        self.consts: dict[str, np.ndarray] = {}
+        self.roles: dict[str, set[str]] = {}
+        self.missing: list[NodeSpec] = []
+
+    def program(self, graph: ir.Graph) -> _Program:
+        for vname, v in graph.initializers.items():
+            if v.const_value is not None:
+                self.consts[vname] = np.asarray(v.const_value.numpy())
+        nodes = []
+        for node in graph:
+            domain = "" if node.domain in ("", "ai.onnx") else node.domain
+            opset = self.opsets.get(domain, 1)
+            spec = NodeSpec(node, opset, self.where, self.consts, self.subprogram)
+            if node.op_type == "Constant" and domain == "":
+                self.consts[node.outputs[0].name] = constant_value(spec)
+                continue
+            entry = lookup(domain, node.op_type, opset)
+            if entry is None:
+                self.missing.append(spec)
+                continue
+            for i, v in enumerate(node.inputs):
+                if v is not None and v.name in self.consts:
+                    self.roles.setdefault(v.name, set()).add(entry.role(i))
+            nodes.append((node, entry, spec))
+        outputs = tuple(v.name for v in graph.outputs)
+        return _Program(tuple(self._steps(nodes, set(outputs))), outputs)
+
+    def subprogram(self, graph: ir.Graph):
+        """``run(rt, env)`` for a subgraph: its own scope starts as a copy of ``env``."""
+        prog = self.program(graph)
+
+        def run(rt, env):
+            return _run(rt, prog, dict(env))
+
+        return run
+
+    def _steps(self, nodes, graph_outputs: set[str]) -> list[_Step]:
+        last_use: dict[str, int] = {}
+        for k, (node, _, _) in enumerate(nodes):
+            for v in node.inputs:
+                if v is not None:
+                    last_use[v.name] = k
+            for vname in _captured(node):
+                last_use[vname] = k
+        free: dict[int, list[str]] = {}
+        for vname, k in last_use.items():
+            if vname not in graph_outputs:
+                free.setdefault(k, []).append(vname)
+        steps = []
+        for k, (node, entry, spec) in enumerate(nodes):
+            ins = tuple(None if v is None else v.name for v in node.inputs)
+            steps.append(
+                _Step(
+                    entry.build(spec),
+                    ins,
+                    tuple(v.name for v in node.outputs),
+                    tuple(i for i in range(len(ins)) if entry.role(i) != "config"),
+                    tuple(free.get(k, ())),
+                    spec.name,
+                    node.op_type,
+                    entry.scoped,
+                )
+            )
+        return steps
 
 
 # additive attention masks hold -inf, finfo.min or -1e4..-1e9; learned weights never get there
@@ -296,35 +399,6 @@ def _classify(
         else:
             host[name] = arr
     return params, buffers, host
-
-
-def _steps(steps_nodes, graph_outputs: set[str]) -> list[_Step]:
-    last_use: dict[str, int] = {}
-    for k, (node, _, _) in enumerate(steps_nodes):
-        for v in node.inputs:
-            if v is not None:
-                last_use[v.name] = k
-    free: dict[int, list[str]] = {}
-    for vname, k in last_use.items():
-        if vname not in graph_outputs:
-            free.setdefault(k, []).append(vname)
-    steps = []
-    for k, (node, entry, spec) in enumerate(steps_nodes):
-        kernel = entry.build(spec)
-        ins = tuple(None if v is None else v.name for v in node.inputs)
-        data = tuple(i for i in range(len(ins)) if entry.role(i) != "config")
-        steps.append(
-            _Step(
-                kernel,
-                ins,
-                tuple(v.name for v in node.outputs),
-                data,
-                tuple(free.get(k, ())),
-                spec.name,
-                node.op_type,
-            )
-        )
-    return steps
 
 
 __all__ += ["UnsupportedOpError"]

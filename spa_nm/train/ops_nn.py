@@ -176,6 +176,17 @@ def _pool_general(x, k, s, d, pb, pe, ceil_mode, value):
     return F.pad(x, _torch_pad(pb, ext), value=value), outs, ext
 
 
+def _empty_pool(x, k, s, d, pb, pe, ceil_mode):
+    """onnxruntime returns an empty output when a window does not fit; torch raises."""
+    outs = [
+        _pool_out(n, kk, st, dd, b, e, ceil_mode)
+        for n, kk, st, dd, b, e in zip(x.shape[2:], k, s, d, pb, pe, strict=True)
+    ]
+    if min(outs) > 0:
+        return None
+    return x.new_zeros((*x.shape[:2], *(max(o, 0) for o in outs)))
+
+
 def _cut(y, outs):
     idx = (slice(None), slice(None), *(slice(0, o) for o in outs))
     return y[idx]
@@ -199,6 +210,9 @@ def _max_pool(node: NodeSpec):
     def run(rt, x):
         nd = x.dim() - 2
         k, s, d, pb, pe = geo.resolve(x.shape[2:])
+        empty = _empty_pool(x, k, s, d, pb, pe, ceil_mode)
+        if empty is not None:
+            return (empty, empty.to(torch.int64)) if want_idx else empty
         if _fits_torch(k, d, pb, pe):
             if not want_idx:
                 return _MAX_POOL[nd](x, k, s, pb, d, ceil_mode=ceil_mode)
@@ -225,6 +239,9 @@ def _avg_pool(node: NodeSpec):
     def run(rt, x):
         nd = x.dim() - 2
         k, s, d, pb, pe = geo.resolve(x.shape[2:])
+        empty = _empty_pool(x, k, s, d, pb, pe, ceil_mode)
+        if empty is not None:
+            return empty
         if _fits_torch(k, d, pb, pe):
             return _AVG_POOL[nd](x, k, s, pb, ceil_mode, include)
         # window sums over the padded input divided by the count of counted cells; both

@@ -1,10 +1,10 @@
-"""Torch kernels for ONNX Resize (opsets 10-19+) and Upsample (7-9): nearest and linear modes,
-every coordinate transformation mode, sizes or scales, opset-18 ``axes`` and
+"""Torch kernels for ONNX Resize (opsets 10-19+) and Upsample (7-9): nearest, linear and
+cubic modes, every coordinate transformation mode, sizes or scales, opset-18 ``axes`` and
 ``keep_aspect_ratio_policy``.
 
-Both modes are separable, so the kernel resizes one axis at a time with index maps: nearest
-gathers one source index per output position, linear blends two (bilinear, trilinear, ... are
-the composition over axes). Coordinates are computed in float32 in the order onnxruntime uses
+All modes are separable, so the kernel resizes one axis at a time with index maps: nearest
+gathers one source index per output position, linear blends two and cubic four (bilinear,
+bicubic, ... are the composition over axes). Coordinates are computed in float32 in the order onnxruntime uses
 (``(x + 0.5) / scale - 0.5`` for half_pixel), so nearest-mode ties round the same way:
 
 * output size: ``floor(in * scale)`` (float32 product) for scales, ``sizes`` otherwise, and
@@ -14,7 +14,11 @@ the composition over axes). Coordinates are computed in float32 in the order onn
 * linear: the source coordinate is clamped to ``[0, in - 1]`` and blends its two neighbours;
   tf_crop_and_resize writes ``extrapolation_value`` outside the input instead.
 
-Cubic mode and antialiasing are not implemented (`UnsupportedOpError` at build time).
+* cubic: four taps around ``floor(coordinate)`` weighted by Keys' kernel with
+  ``cubic_coeff_a``; out-of-range taps repeat the border, or get weight 0 (renormalised) with
+  ``exclude_outside``.
+
+Antialiasing (opset 18) is not implemented (`UnsupportedOpError` at build time).
 Only imported by `spa_nm.train.interp` (lazily, from ``to_torch``).
 """
 
@@ -28,7 +32,7 @@ from spa_nm.train.registry import NodeSpec, op
 
 __all__: list[str] = []
 
-_MODES = ("nearest", "linear")
+_MODES = ("nearest", "linear", "cubic")
 _CTMS = (
     "half_pixel",
     "half_pixel_symmetric",
@@ -58,6 +62,8 @@ class _Resizer:
             raise node.unsupported(f"nearest_mode={self.nearest!r}")
         if node.attr("antialias", 0):
             raise node.unsupported("antialias=1")
+        self.cubic_a = float(node.attr("cubic_coeff_a", -0.75))
+        self.exclude_outside = bool(node.attr("exclude_outside", 0))
         self.extrapolation = float(node.attr("extrapolation_value", 0.0))
         self.axes = node.attr("axes", None)
         self.policy = node.attr("keep_aspect_ratio_policy", "stretch")
@@ -136,6 +142,8 @@ class _Resizer:
         view[a] = n_out
         if self.mode == "nearest":
             y = x.index_select(a, self.nearest_index(c, n_in, scale).to(x.device))
+        elif self.mode == "cubic":
+            y = self.cubic(x, a, c, view)
         else:
             cc = c.clamp(0, n_in - 1)
             lo = torch.floor(cc).to(torch.int64).clamp(0, n_in - 1)
@@ -146,6 +154,37 @@ class _Resizer:
         if self.ctm == "tf_crop_and_resize":
             outside = ((c < 0) | (c > n_in - 1)).to(x.device).reshape(view)
             y = torch.where(outside, torch.full_like(y, self.extrapolation), y)
+        return y
+
+    def cubic(self, x, a, c, view):
+        """Four taps at floor(c) - 1 .. floor(c) + 2 with Keys' kernel (coefficient A); taps
+        outside the input repeat the border, or with exclude_outside get weight 0 and the rest
+        are renormalised."""
+        n_in = x.shape[a]
+        base = torch.floor(c)
+        t = (c - base).double()
+        A = self.cubic_a
+        y = None
+        weights, taps = [], []
+        for k in (-1, 0, 1, 2):
+            d = (t - k).abs()
+            w = torch.where(
+                d <= 1,
+                ((A + 2) * d - (A + 3)) * d * d + 1,
+                ((A * d - 5 * A) * d + 8 * A) * d - 4 * A,
+            )
+            idx = base.to(torch.int64) + k
+            if self.exclude_outside:
+                w = torch.where((idx < 0) | (idx > n_in - 1), torch.zeros_like(w), w)
+            weights.append(w)
+            taps.append(idx.clamp(0, n_in - 1))
+        total = sum(weights) if self.exclude_outside else None
+        for w, idx in zip(weights, taps, strict=True):
+            if total is not None:
+                w = w / total
+            w = w.to(device=x.device, dtype=x.dtype).reshape(view)
+            term = x.index_select(a, idx.to(x.device)) * w
+            y = term if y is None else y + term
         return y
 
     def __call__(self, x, scales, sizes, roi):

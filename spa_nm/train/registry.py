@@ -65,6 +65,7 @@ class OpEntry:
     weights: frozenset[int]
     config: frozenset[int]
     fixed: frozenset[int]
+    scoped: bool = False  # the kernel also receives the enclosing value scope (control flow)
 
     def role(self, index: int) -> str:
         """``"weight"``, ``"config"``, ``"fixed"`` or ``"data"`` for input slot ``index``."""
@@ -91,8 +92,13 @@ def op(
     weights: tuple[int, ...] = (),
     config: tuple[int, ...] = (),
     fixed: tuple[int, ...] = (),
+    scoped: bool = False,
 ) -> Callable[[Builder], Builder]:
-    """Register a builder for ``op_types`` at opsets ``lo <= v <= hi`` (``None``: open)."""
+    """Register a builder for ``op_types`` at opsets ``lo <= v <= hi`` (``None``: open).
+
+    ``scoped`` kernels are called as ``kernel(rt, env, *inputs)``: ``env`` maps the names
+    visible at the node to tensors, for subgraphs that read outer values (If).
+    """
     lo, hi = opsets[0], _MAX_OPSET if opsets[1] is None else opsets[1]
     if lo > hi:
         raise ValueError(f"empty opset range {opsets} for {op_types}")
@@ -107,7 +113,15 @@ def op(
                         f"{other.build.__module__}.{other.build.__name__} ({other.lo}-{other.hi})"
                     )
             entry = OpEntry(
-                key[0], op_type, lo, hi, fn, frozenset(weights), frozenset(config), frozenset(fixed)
+                key[0],
+                op_type,
+                lo,
+                hi,
+                fn,
+                frozenset(weights),
+                frozenset(config),
+                frozenset(fixed),
+                scoped,
             )
             _OPS.setdefault(key, []).append(entry)
         return fn
@@ -142,11 +156,13 @@ class NodeSpec:
         opset: int,
         where: str,
         consts: dict[str, np.ndarray],
+        subgraphs: Callable[[ir.Graph], Kernel] | None = None,
     ) -> None:
         self.node = node
         self.opset = opset
         self.where = where
         self._consts = consts
+        self._subgraphs = subgraphs
 
     @property
     def name(self) -> str:
@@ -190,11 +206,20 @@ class NodeSpec:
             return None
         return self._consts.get(self.node.inputs[i].name)
 
+    def subgraph(self, name: str) -> Kernel:
+        """The graph attribute ``name`` built as ``run(rt, env) -> tuple`` of its outputs
+        (``env``: the enclosing scope, which the subgraph may read)."""
+        g = self.attr(name)
+        if not isinstance(g, ir.Graph) or self._subgraphs is None:
+            raise self.unsupported(f"no graph attribute {name!r}")
+        return self._subgraphs(g)
+
+    @property
+    def label(self) -> str:
+        """``domain::op_type (opset N)``."""
+        return f"{self.node.domain or 'ai.onnx'}::{self.op_type} (opset {self.opset})"
+
     def unsupported(self, why: str = "") -> UnsupportedOpError:
         """The error to raise for this node (``why``: what exactly is not implemented)."""
-        domain = self.node.domain or "ai.onnx"
-        msg = (
-            f"{self.where}: no torch implementation for {domain}::{self.op_type} "
-            f"(opset {self.opset}) at node {self.name}"
-        )
+        msg = f"{self.where}: no torch implementation for {self.label} at node {self.name}"
         return UnsupportedOpError(f"{msg} ({why})" if why else msg)

@@ -48,15 +48,29 @@ def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def _constant_nodes(model: ir.Model) -> dict[str, ir.Node]:
+    """Constant nodes of every graph scope (If branches included) by output name."""
     return {
         n.outputs[0].name: n
-        for n in model.graph
+        for n in ir.traversal.RecursiveGraphIterator(model.graph)
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
     }
 
 
+def _initializers(model: ir.Model) -> dict[str, ir.Value]:
+    """Initializers of every graph scope by name."""
+    out = dict(model.graph.initializers)
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                out.update(attr.value.initializers)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for g in attr.value:
+                    out.update(g.initializers)
+    return out
+
+
 def _current(model: ir.Model, consts: dict[str, ir.Node], name: str) -> np.ndarray | None:
-    v = model.graph.initializers.get(name)
+    v = _initializers(model).get(name)
     if v is not None and v.const_value is not None:
         return np.asarray(v.const_value.numpy())
     node = consts.get(name)
@@ -84,7 +98,7 @@ def _trained_values(module: OnnxModule, apply_transforms: bool) -> dict[str, np.
 
 
 def _set_value(model: ir.Model, consts: dict[str, ir.Node], name: str, arr: np.ndarray) -> None:
-    v = model.graph.initializers.get(name)
+    v = _initializers(model).get(name)
     if v is not None:
         old = v.const_value
         v.const_value = ir.Tensor(arr, name=name, doc_string=getattr(old, "doc_string", None))
