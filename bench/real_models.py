@@ -209,7 +209,8 @@ def main() -> int:
         "Prunable: share of parameters in prunable groups (`spa-nm inspect`). Latency: onnxruntime CPU, "
         "median ms per run, graph optimizations on, 2 threads, random inputs. Peak RSS: the pruning "
         "process (load, inspect, prune, oracle). Oracle: max |pruned − zeroed original| on the same "
-        "random feeds, optimizations off. Models that prune nothing are declined with the reasons shown.",
+        "random feeds, optimizations off. Models that prune nothing are declined with the reasons shown; "
+        "they are unchanged, so their latency ratio shows the measurement noise (other jobs share the cores).",
         "",
         "| model | producer | opset | prunable | groups pruned/total | params | MACs | latency ms | prune s | peak MB | oracle | main reasons channels stayed |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
