@@ -3,8 +3,10 @@ knows every stage."""
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +102,13 @@ def prune(
     calibration: str | os.PathLike | None = None,
     attention: str = "heads",
     allow_approximate: bool = False,
+    ratio_for: Sequence[tuple[str, float]] = (),
+    data: Any = None,
+    steps: int = 1,
+    schedule: str = "geometric",
+    finetune_epochs: int = 0,
+    finetune: Mapping[str, Any] | None = None,
+    sizes: Mapping[tuple[str, ...], int] | None = None,
 ) -> PruneResult:
     """Remove a fraction ``ratio`` of the channels of every prunable group.
 
@@ -112,8 +121,28 @@ def prune(
     ``groups`` restricts pruning to those group ids (see `analyze`). ``hessian`` (a proxy
     name, or a whole `spa_nm.obspa.ObspaOptions`) and ``calibration`` (a .npz) configure
     ``criterion="obspa"``.
+
+    ``ratio_for``: (node-name glob, ratio) overrides; the last match wins, ``ignore`` beats
+    them (`spa_nm.plan`). ``data``: a .npz path, arrays by input name (+ ``labels``) or a
+    `spa_nm.datadriven.GradientOptions`, for ``taylor`` / ``hessian`` / ``snip`` (without it,
+    random inputs labelled by the dense model) and for fine-tuning. ``steps`` > 1 prunes in K
+    rounds on a ``schedule`` ("geometric" or "linear"), re-scoring each round, with
+    ``finetune_epochs`` of dense fine-tuning on ``data`` after each round (``finetune``: more
+    `spa_nm.train.finetune.finetune` keywords); see `spa_nm.iterative`. ``sizes``: original
+    group sizes by `spa_nm.plan.group_key` (set by the iterative rounds).
     Returns a new model (the input is not modified) and the report of the contract.
     """
+    if steps != 1 or finetune_epochs:
+        from spa_nm.iterative import prune_iterative
+
+        return prune_iterative(
+            model, ratio, criterion, steps=steps, schedule=schedule,
+            finetune_epochs=finetune_epochs, finetune=finetune, data=data, ratio_for=ratio_for,
+            global_ranking=global_ranking, round_to=round_to, ignore=ignore,
+            aggregation=aggregation, seed=seed, check=check, groups=groups, hessian=hessian,
+            calibration=calibration, attention=attention, allow_approximate=allow_approximate,
+        )  # fmt: skip
+    gradient = _gradient_options(criterion, data, seed)
     obspa = None
     if criterion == "obspa":
         from spa_nm.obspa import ObspaOptions
@@ -127,6 +156,7 @@ def prune(
     cfg = PruneConfig(
         ratio, criterion, global_ranking, int(round_to), tuple(ignore), aggregation, seed,
         groups=None if groups is None else tuple(int(g) for g in groups), obspa=obspa,
+        gradient=gradient, ratio_for=tuple((str(p), r) for p, r in ratio_for), sizes=sizes,
     )  # fmt: skip
     _check_attention(attention)
     t0 = time.perf_counter()
@@ -159,6 +189,12 @@ def prune(
     }
     if plan.details:  # the criterion's own report (obspa: Hessian proxy, per-layer error)
         report[cfg.criterion] = plan.details
+    if cfg.ratio_for:  # which groups each override reached (the last match wins)
+        report["ratio_for"] = [
+            {"pattern": pat, "ratio": r,
+             "groups": [g.id for g in dg.prunable_groups if any(fnmatch.fnmatchcase(n, pat) for n in g.nodes)]}
+            for pat, r in cfg.ratio_for
+        ]  # fmt: skip
     approx = [g for g in dg.groups if g.id in plan.removed and g.approximate]
     if approx:
         report["approximate"] = {
@@ -169,6 +205,24 @@ def prune(
             "error": approximate_error(model, work, seed),
         }
     return PruneResult(work, report, plan, dg, source)
+
+
+def _gradient_options(criterion: str, data: Any, seed: int) -> Any:
+    """`GradientOptions` for a gradient criterion (None otherwise; no torch imported)."""
+    from spa_nm.importance import DATA_DRIVEN
+
+    if criterion not in DATA_DRIVEN:
+        if data is not None:
+            raise ConfigError(
+                f"data applies to the criteria {', '.join(DATA_DRIVEN)} and to fine-tuning, "
+                f"not to {criterion!r} alone"
+            )
+        return None
+    from spa_nm.datadriven import GradientOptions
+
+    if isinstance(data, GradientOptions):
+        return data
+    return GradientOptions(data=data, seed=seed)
 
 
 def approximate_error(original: ir.Model, pruned: ir.Model, seed: int = 0) -> dict[str, Any]:

@@ -151,11 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "through LayerNorm/RMSNorm); the report marks them and measures the output error",
     )
     _add_obspa_args(pp)
+    _add_schedule_args(pp)
     pp.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     pp.add_argument("--jobs", type=_positive, default=1, metavar="N", help="models pruned in parallel, each in its own process (default: 1)")
     pp.add_argument("--dry-run", action="store_true", help="show what would be pruned; write no model")
 
     _add_sensitivity_parser(sub, common)
+    _add_regime_parser(sub, common)
 
     ps = sub.add_parser(
         "sparsify",
@@ -223,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             return _sparsify(args)
         if args.command == "sensitivity":
             return _sensitivity(args)
+        if args.command == "regime":
+            return _regime(args)
         if args.command == "finetune":
             return _finetune(args)
         if args.command == "verify":
@@ -596,6 +600,12 @@ def _options(args) -> dict[str, Any]:
         "calibration": args.calibration,
         "attention": args.attention,
         "allow_approximate": args.allow_approximate,
+        "ratio_for": [list(p) for p in args.ratio_for],
+        "data": args.data,
+        "steps": args.steps,
+        "schedule": args.schedule,
+        "finetune_epochs": args.finetune_epochs,
+        "finetune_lr": args.finetune_lr,
     }
 
 
@@ -621,6 +631,12 @@ def prune_one(src: str, dst: str, opts: dict[str, Any], inputs: list[str], rerai
             calibration=opts.get("calibration"),
             attention=opts.get("attention", "heads"),
             allow_approximate=bool(opts.get("allow_approximate", False)),
+            ratio_for=[tuple(p) for p in opts.get("ratio_for", [])],
+            data=opts.get("data"),
+            steps=opts.get("steps", 1),
+            schedule=opts.get("schedule", "geometric"),
+            finetune_epochs=opts.get("finetune_epochs", 0),
+            finetune={"lr": opts["finetune_lr"]} if opts.get("finetune_epochs") else None,
         )
         if not opts.get("dry_run"):
             io.save(res.model, dst, inputs=inputs)
@@ -688,6 +704,7 @@ def _prune(args) -> int:
 
     PruneConfig(args.ratio, args.criterion, args.global_ranking, args.round_to, tuple(args.ignore), args.aggregation)
     _check_obspa_args(args)
+    _check_schedule_args(args)
     files = _collect(args.inputs)
     targets = _targets(files, args.output, create=not args.dry_run)
     if args.report:
@@ -759,6 +776,132 @@ def _check_obspa_args(args) -> None:
         raise ConfigError("--hessian and --calibration apply to --criterion obspa only")
     if args.calibration and not Path(args.calibration).is_file():
         raise InputError(f"{args.calibration}: no such file")
+
+
+# -- data-driven criteria, ratio overrides, iterative pruning, regimes ------------------------
+
+_EPILOG_REGIME = """regimes (METHODS.md §1.8, §4.1):
+  prune-train            prune at init (snip, l2, random), then train --epochs
+  train-prune-finetune   [train --train-epochs] -> prune -> fine-tune --epochs
+  train-prune            [train --train-epochs] -> prune (obspa; baseline l2), no fine-tuning
+  scratch-e              pruned architecture, weights re-drawn, trained --epochs
+  scratch-b              the same for --epochs x MACs(dense)/MACs(pruned), capped at 2x
+examples:
+  spa-nm regime prune-train init.onnx --data digits.npz --ratio 0.5 --criterion snip --epochs 20 -o p.onnx
+  spa-nm regime train-prune trained.onnx --data digits.npz --ratio 0.3 --criterion obspa -o p.onnx
+  spa-nm regime scratch-b trained.onnx --data digits.npz --ratio 0.5 --epochs 20 -o s.onnx
+"""
+
+
+def _ratio_for(text: str) -> tuple[str, float]:
+    pattern, eq, value = text.rpartition("=")
+    if not eq or not pattern:
+        raise argparse.ArgumentTypeError(f"expected PATTERN=RATIO, got {text!r}")
+    return pattern, _ratio(value)
+
+
+def _add_schedule_args(parser) -> None:
+    from spa_nm.iterative import SCHEDULES
+
+    parser.add_argument(
+        "--ratio-for", action="append", type=_ratio_for, default=[], metavar="PATTERN=R",
+        help="ratio R for the groups touching nodes that match the glob PATTERN (repeatable; "
+        "--ignore wins, then the last matching --ratio-for, then --ratio)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", metavar="DATA.npz",
+        help="training arrays (by input name + labels, or x_train/y_train) for --criterion "
+        "taylor/hessian/snip (default: random inputs labelled by the model) and --finetune-epochs",
+    )  # fmt: skip
+    parser.add_argument("--steps", type=_positive, default=1, metavar="K", help="prune in K rounds, re-scoring each round (default: 1)")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="geometric", help="how the K rounds approach --ratio (default: geometric)")
+    parser.add_argument("--finetune-epochs", type=int, default=0, metavar="E", help="fine-tune (dense) E epochs on --data after each round (default: 0)")
+    parser.add_argument("--finetune-lr", type=_float_arg(0, lo_open=True), default=1e-3, help="learning rate of that fine-tuning (default: 0.001)")
+
+
+def _check_schedule_args(args) -> None:
+    from spa_nm.errors import ConfigError
+    from spa_nm.importance import DATA_DRIVEN
+
+    if args.finetune_epochs < 0:
+        raise ConfigError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    if args.data and not Path(args.data).is_file():
+        raise InputError(f"{args.data}: no such file")
+    if args.finetune_epochs and not args.data:
+        raise ConfigError("--finetune-epochs needs --data")
+    if args.data and args.criterion not in DATA_DRIVEN and not args.finetune_epochs:
+        raise ConfigError(
+            f"--data applies to --criterion {'/'.join(DATA_DRIVEN)} and to --finetune-epochs"
+        )
+
+
+def _add_regime_parser(sub, common) -> None:
+    from spa_nm.importance import AGGREGATIONS, CRITERIA
+    from spa_nm.plan import DEFAULT_ROUND_TO
+    from spa_nm.regimes import REGIMES
+
+    pr = sub.add_parser(
+        "regime", parents=[common], help="prune at a time (the three regimes) or train a scratch baseline",
+        epilog=_EPILOG_REGIME, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    pr.add_argument("regime", choices=REGIMES)
+    pr.add_argument("model", help="an ONNX file (initial weights for prune-train, else trained unless --train-epochs)")
+    pr.add_argument("--data", required=True, metavar="TRAIN.npz", help="labelled training arrays (by input name + labels, or x_train/y_train[/x_val/y_val])")
+    pr.add_argument("--val", metavar="VAL.npz", help="validation arrays (default: x_val/y_val of --data, or a seeded 0.2 split)")
+    pr.add_argument("-o", "--output", required=True, help="output ONNX file")
+    pr.add_argument("--ratio", type=_ratio, required=True, help="fraction of channels to remove per group, in [0, 1)")
+    pr.add_argument("--criterion", choices=sorted(CRITERIA), default="l2", help="importance criterion (default: l2)")
+    pr.add_argument("--epochs", type=int, default=0, help="training epochs after pruning (scratch: the dense model's epochs)")
+    pr.add_argument("--train-epochs", type=int, default=0, help="train the dense model first (regimes 2 and 3; default: 0, the model is trained)")
+    pr.add_argument("--reinit", action="store_true", help="prune-train: re-draw the weights first (seeded)")
+    pr.add_argument("--steps", type=_positive, default=1, metavar="K", help="prune in K rounds (default: 1)")
+    pr.add_argument("--global", dest="global_ranking", action="store_true", help="rank normalized scores across all groups")
+    pr.add_argument("--round-to", type=_positive, default=DEFAULT_ROUND_TO, metavar="K", help=f"keep surviving counts multiples of K (default: {DEFAULT_ROUND_TO})")
+    pr.add_argument("--aggregation", choices=AGGREGATIONS, default="sum", help="how member slices combine (default: sum)")
+    pr.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="node names or wildcard patterns whose groups are kept")
+    pr.add_argument("--lr", type=_float_arg(0, lo_open=True), default=1e-3, help="learning rate (default: 0.001)")
+    pr.add_argument("--batch-size", type=_positive, default=64, help="samples per step (default: 64)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of training, random criterion and re-initialisation (default: 0)")
+    pr.add_argument("--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's)")
+    pr.add_argument("--report", metavar="FILE.json", help="write a JSON report")
+
+
+def _regime(args) -> int:
+    from spa_nm import api, io
+    from spa_nm.errors import ConfigError
+    from spa_nm.regimes import run_regime
+    from spa_nm.report import write_json
+
+    for f in (args.model, args.data, args.val):
+        if f and not Path(f).is_file():
+            raise InputError(f"{f}: no such file")
+    if args.epochs < 0 or args.train_epochs < 0:
+        raise ConfigError("--epochs and --train-epochs must be >= 0")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = api.load(args.model)
+    prune_kw = {"global_ranking": args.global_ranking, "round_to": args.round_to, "steps": args.steps,
+                "aggregation": args.aggregation, "ignore": tuple(args.ignore)}  # fmt: skip
+    new, report = run_regime(
+        args.regime, model, args.data, val=args.val, ratio=args.ratio, criterion=args.criterion,
+        epochs=args.epochs, train_epochs=args.train_epochs, seed=args.seed, reinit=args.reinit,
+        prune=prune_kw, train={"lr": args.lr, "batch_size": args.batch_size},
+    )  # fmt: skip
+    io.save(new, args.output, inputs=[args.model, args.data] + ([args.val] if args.val else []))
+    report["input"], report["output"] = args.model, args.output
+    if args.report:
+        write_json(report, args.report)
+    if not args.quiet:
+        dense = report.get("val_dense", {}).get("accuracy")
+        print(
+            f"{args.regime} {args.criterion} ratio {args.ratio}: params {report['prune']['params_before']} -> "
+            f"{report['params']}, val accuracy "
+            + (f"dense {dense:.4f}, " if dense is not None else "")
+            + f"pruned {report['val_pruned']['accuracy']:.4f}, final {report['val_accuracy']:.4f}"
+        )
+    return 0
 
 
 def _ratios(text: str) -> list[float]:

@@ -22,6 +22,8 @@ because their scale differs). Higher means more important.
   across groups, so ``--global`` ranks them as they are (no mean normalisation);
 - ``obspa``: group-OBS reconstruction error with compensation (METHODS.md §1.7, our
   reconstruction); see `spa_nm.obspa`. Also ranked globally without mean normalisation.
+- ``taylor``, ``hessian``, ``snip``: data-driven, from gradients of the loss on given batches
+  (or the §1.5 substitute); see `spa_nm.datadriven` (torch, imported lazily).
 
 Aggregation over slices: ``sum`` (default), ``mean`` or ``max``.
 
@@ -41,7 +43,7 @@ from spa_nm.errors import ConfigError
 from spa_nm.facts import Role
 from spa_nm.graph import ChannelGroup, DependencyGraph
 
-__all__ = ["AGGREGATIONS", "CRITERIA", "SELF_NORMALIZED", "Scorer", "make_scorer", "score_group"]
+__all__ = ["AGGREGATIONS", "CRITERIA", "DATA_DRIVEN", "SELF_NORMALIZED", "Scorer", "make_scorer", "score_group"]
 
 AGGREGATIONS = ("sum", "mean", "max")
 _WEIGHT_LIKE = (Role.WEIGHT_OUT, Role.WEIGHT_IN, Role.NORM_SCALE)
@@ -160,6 +162,14 @@ def _obspa(dg, group, agg="sum", rng=None):
     return make_scorer(dg, "obspa", agg, rng)(group)
 
 
+def _gradient(name: str) -> Callable:
+    def score(dg, group, agg="sum", rng=None):
+        """One group with default options (`make_scorer` shares the gradients across groups)."""
+        return make_scorer(dg, name, agg, rng)(group)
+
+    return score
+
+
 CRITERIA: dict[str, Callable] = {
     "l1": l1,
     "l2": l2,
@@ -168,7 +178,12 @@ CRITERIA: dict[str, Callable] = {
     "fpgm": fpgm,
     "lamp": lamp,
     "obspa": _obspa,
+    "taylor": _gradient("taylor"),
+    "hessian": _gradient("hessian"),
+    "snip": _gradient("snip"),
 }
+# criteria that need gradients (spa_nm.datadriven; torch): options are a GradientOptions
+DATA_DRIVEN = ("taylor", "hessian", "snip")
 # scores already comparable across groups: global ranking uses them without mean normalisation
 SELF_NORMALIZED = frozenset({"lamp", "obspa"})
 
@@ -197,7 +212,8 @@ def make_scorer(
     dg: DependencyGraph, criterion: str, agg: str = "sum", rng=None, options: Any = None
 ) -> Scorer:
     """A scorer for every group of ``dg``; ``options`` configures ``obspa`` (an
-    `spa_nm.obspa.ObspaOptions`; None: the defaults)."""
+    `spa_nm.obspa.ObspaOptions`) or ``taylor`` / ``hessian`` / ``snip`` (a
+    `spa_nm.datadriven.GradientOptions`); None: the defaults."""
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown criterion {criterion!r}; choose from {', '.join(CRITERIA)}")
     if agg not in AGGREGATIONS:
@@ -206,6 +222,10 @@ def make_scorer(
         from spa_nm.obspa import ObspaScorer
 
         return ObspaScorer(dg, options)
+    if criterion in DATA_DRIVEN:
+        from spa_nm.datadriven import GradientScorer
+
+        return GradientScorer(dg, criterion, agg, options)
     return _Simple(dg, CRITERIA[criterion], agg, rng, criterion in SELF_NORMALIZED)
 
 

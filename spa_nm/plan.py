@@ -5,14 +5,29 @@ ranks scores normalized by their group mean across every prunable group. ``round
 number of surviving units a multiple of K (never zero); a slot is never emptied.
 
 ``groups`` restricts a plan to the listed group ids (the others keep every unit): the per-group
-sensitivity scan prunes one group at a time with it. A criterion may finish a plan: ``obspa``
-adds compensated consumer weights (``updates``, ``new_biases``) that surgery writes before it
-slices, and its report (``details``).
+sensitivity scan prunes one group at a time with it.
+
+``ratio_for`` overrides the ratio of some groups: ``(pattern, ratio)`` pairs, each a glob over node
+names (as ``ignore``) applied to every group that touches a matching node. Precedence: ``ignore``
+first (an ignored group is never pruned), then the **last** matching pair, then ``ratio``. Under
+``global_ranking`` the overridden groups are pruned locally at their own ratio and the others are
+ranked globally at ``ratio``.
+
+``sizes`` (iterative pruning, `spa_nm.iterative`): the original unit count of each group by
+`group_key`. Ratios then count against those sizes: a group of original size n0 keeps
+n0 − rounded(⌊R·n0⌋) units whatever it has lost in earlier rounds, so K rounds at cumulative
+ratios R_1 < … < R_K = R end with the one-shot counts.
+
+A criterion may finish a plan: ``obspa`` adds compensated consumer weights (``updates``,
+``new_biases``) that surgery writes before it slices, and its report (``details``); the gradient
+criteria add where their data came from (``details``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +37,7 @@ from spa_nm.errors import ConfigError
 from spa_nm.graph import ChannelGroup, DependencyGraph
 from spa_nm.importance import make_scorer
 
-__all__ = ["DEFAULT_ROUND_TO", "PruneConfig", "PrunePlan", "make_plan"]
+__all__ = ["DEFAULT_ROUND_TO", "PruneConfig", "PrunePlan", "group_key", "group_ratios", "make_plan"]
 
 
 # Default survivor multiple. Measured (bench, onnxruntime CPU, 1 thread, global ranking at 0.5):
@@ -43,14 +58,41 @@ class PruneConfig:
     seed: int = 0
     groups: tuple[int, ...] | None = None  # only these group ids (None: every prunable group)
     obspa: Any = None  # spa_nm.obspa.ObspaOptions for criterion "obspa" (None: defaults)
+    gradient: Any = None  # spa_nm.datadriven.GradientOptions for taylor/hessian/snip
+    ratio_for: tuple[tuple[str, float], ...] = ()  # (node-name glob, ratio); the last match wins
+    sizes: Mapping[tuple[str, ...], int] | None = None  # original group sizes (iterative)
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.ratio, int | float) and 0 <= self.ratio < 1) or math.isnan(
-            self.ratio
-        ):
-            raise ConfigError(f"ratio must be in [0, 1), got {self.ratio}")
+        _check_ratio(self.ratio, "ratio")
+        for pair in self.ratio_for:
+            if not (isinstance(pair, tuple | list) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise ConfigError(f"a ratio override is (pattern, ratio), got {pair!r}")
+            _check_ratio(pair[1], f"ratio for {pair[0]!r}")
         if int(self.round_to) < 1:
             raise ConfigError(f"round-to must be a positive integer, got {self.round_to}")
+
+
+def _check_ratio(r: Any, what: str) -> None:
+    if not (isinstance(r, int | float) and 0 <= r < 1) or math.isnan(r):
+        raise ConfigError(f"{what} must be in [0, 1), got {r}")
+
+
+def group_key(g: ChannelGroup) -> tuple[str, ...]:
+    """A name for a group that survives pruning: its member tensors (surgery keeps names)."""
+    return tuple(sorted({p.name for p in g.params}))
+
+
+def group_ratios(groups: list[ChannelGroup], cfg: PruneConfig) -> tuple[dict[int, float], set[int]]:
+    """The ratio of each group and the ids whose ratio a ``ratio_for`` pair set."""
+    ratios, overridden = {}, set()
+    for g in groups:
+        r = cfg.ratio
+        for pat, pr in cfg.ratio_for:
+            if any(fnmatch.fnmatchcase(name, pat) for name in g.nodes):
+                r = float(pr)
+                overridden.add(g.id)
+        ratios[g.id] = r
+    return ratios, overridden
 
 
 @dataclass
@@ -70,23 +112,37 @@ class PrunePlan:
 
 def make_plan(dg: DependencyGraph, cfg: PruneConfig) -> PrunePlan:
     plan = PrunePlan(cfg)
-    if cfg.ratio == 0:
+    if cfg.ratio == 0 and not any(r for _, r in cfg.ratio_for):
         return plan
     rng = np.random.default_rng(cfg.seed)
-    groups = _selected(dg, cfg)
-    scorer = make_scorer(dg, cfg.criterion, cfg.aggregation, rng, cfg.obspa)
+    ratios, overridden = group_ratios(_selected(dg, cfg), cfg)
+    groups = [g for g in _selected(dg, cfg) if ratios[g.id] > 0]
+    if not groups:
+        return plan
+    options = cfg.obspa if cfg.criterion == "obspa" else cfg.gradient
+    scorer = make_scorer(dg, cfg.criterion, cfg.aggregation, rng, options)
     scores: dict[int, np.ndarray] = {}
     for g in groups:
         s, note = scorer(g)
         scores[g.id] = s
         if note:
             plan.notes.append(f"group {g.id}: {note}")
+    sizes = cfg.sizes or {}
+    orig = {g.id: max(int(sizes.get(group_key(g), g.size)), g.size) for g in groups}
+    counts = {
+        g.id: _target_removal(g.size, orig[g.id], ratios[g.id], cfg.round_to)
+        for g in groups
+        if not cfg.global_ranking or g.id in overridden
+    }
     if cfg.global_ranking:
-        counts = _global_counts(groups, scores, cfg.ratio, scorer.self_normalized)
-    else:
-        counts = {g.id: int(math.floor(cfg.ratio * g.size)) for g in groups}
+        pool = [g for g in groups if g.id not in overridden]
+        target = math.floor(cfg.ratio * sum(orig[g.id] for g in pool))
+        target -= sum(orig[g.id] - g.size for g in pool)  # removed in earlier rounds
+        glob = _global_counts(pool, scores, target, scorer.self_normalized)
+        for g in pool:
+            counts[g.id] = _rounded_removal(g.size, glob[g.id], cfg.round_to)
     for g in groups:
-        k = _rounded_removal(g.size, counts[g.id], cfg.round_to)
+        k = counts[g.id]
         if k <= 0:
             continue
         order = np.lexsort((g.units, scores[g.id]))  # lowest score first, ties by label
@@ -98,6 +154,13 @@ def make_plan(dg: DependencyGraph, cfg: PruneConfig) -> PrunePlan:
     if finish is not None and plan.removed:
         finish(plan)
     return plan
+
+
+def _target_removal(n: int, n0: int, ratio: float, round_to: int) -> int:
+    """Units to remove now from a group of ``n`` units (originally ``n0``) so that it keeps
+    what one-shot pruning at ``ratio`` keeps of ``n0``."""
+    keep = n0 - _rounded_removal(n0, math.floor(ratio * n0), round_to)
+    return max(0, min(n - keep, n - 1))
 
 
 def _selected(dg: DependencyGraph, cfg: PruneConfig) -> list[ChannelGroup]:
@@ -116,8 +179,9 @@ def _selected(dg: DependencyGraph, cfg: PruneConfig) -> list[ChannelGroup]:
 
 
 def _global_counts(
-    groups: list[ChannelGroup], scores, ratio: float, self_normalized: bool = False
+    groups: list[ChannelGroup], scores, target: int, self_normalized: bool = False
 ) -> dict[int, int]:
+    """Remove the ``target`` lowest normalized scores over ``groups`` (one unit kept each)."""
     entries = []
     for g in groups:
         s = scores[g.id]
@@ -128,8 +192,6 @@ def _global_counts(
             norm = s / mean if mean > 0 else np.zeros_like(s)
         for v in norm:
             entries.append((float(v), g.id))
-    total = len(entries)
-    target = int(math.floor(ratio * total))
     entries.sort(key=lambda e: e[0])
     counts = {g.id: 0 for g in groups}
     cap = {g.id: g.size - 1 for g in groups}
