@@ -31,7 +31,7 @@ import numpy as np
 import onnx_ir as ir
 from spa_nm.facts import Blocked, OpFacts, Param, Role, Slot
 from spa_nm.rules import RuleContext, lookup
-from spa_nm.rules._context import MAX_SLOT_ELEMENTS
+from spa_nm.rules._context import MAX_SLOT_ELEMENTS, UnknownRank
 
 __all__ = [
     "ATTENTION_MODES",
@@ -489,6 +489,8 @@ def _run_rule(view: ModelView, node: ir.Node, i: int, known) -> OpFacts | Blocke
         )
     try:
         res = entry.fn(node, RuleContext(view, node, known))
+    except UnknownRank as e:  # not a bug: shape inference could not tell
+        return Blocked(label, node.op_type, str(e), values)
     except Exception as e:  # a rule bug must block, never crash or guess
         return Blocked(label, node.op_type, f"rule error: {type(e).__name__}: {e}", values)
     if isinstance(res, Blocked):

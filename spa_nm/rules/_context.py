@@ -22,6 +22,10 @@ __all__ = ["MAX_SLOT_ELEMENTS", "RuleContext"]
 MAX_SLOT_ELEMENTS = 1 << 24
 
 
+class UnknownRank(ValueError):
+    """A rule needed the rank of a value that shape inference left unknown: the op blocks."""
+
+
 class RuleContext:
     """Shapes, constants, attributes and the channel slots known so far, for one node."""
 
@@ -88,7 +92,7 @@ class RuleContext:
     def axis(self, value: str, axis: int) -> int:
         r = self.rank(value)
         if r is None:
-            raise ValueError(f"rank of {value} is unknown")
+            raise UnknownRank(f"rank of {value} is unknown")
         return axis + r if axis < 0 else axis
 
     def slot_size(self, slot: Slot) -> int | None:

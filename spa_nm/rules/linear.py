@@ -67,7 +67,8 @@ def gemm(node, ctx: RuleContext) -> OpFacts:
     facts.resets.append(sy)
     if c is not None:
         cs = ctx.shape(c)
-        n = ctx.shape(y)[1]
+        bs = ctx.shape(b)  # N from B: the output's shape may be unknown to inference
+        n = bs[0 if trans_b else 1]
         if not ctx.is_param(c):
             return block(ctx, "Gemm C is not a constant initializer")
         if cs is not None and len(cs) >= 1 and cs[-1] == n and n != 1:
