@@ -95,8 +95,10 @@ class ModelView:
             return tuple(c.shape)
         if v.shape is None:
             return None
+        # a negative dim (paddle2onnx writes -1 for "any") is as unknown as a symbol
         return tuple(
-            d if isinstance(d, int) else (d.value if d is not None else None) for d in v.shape
+            (d if d >= 0 else None) if isinstance(d, int) else (d.value if d is not None else None)
+            for d in v.shape
         )
 
     def const(self, name: str) -> np.ndarray | None:

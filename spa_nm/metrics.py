@@ -18,7 +18,15 @@ _QUANTIZED = (ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType
 
 
 def count(model: ir.Model, view: ModelView | None = None) -> dict:
-    """``{"params", "macs", "by_op": {op: {"params", "macs"}}}`` for the main graph."""
+    """``{"params", "macs", "by_op": {op: {"params", "macs"}}}`` for the main graph.
+
+    MACs are counted at a static shape: where graph inputs have symbolic or negative dims,
+    they are resolved as `spa_nm.runtime.make_feeds` resolves them (every unknown dim 1, so
+    the batch is 1) on a copy, whose shapes are inferred again.
+    """
+    if _dynamic(model):
+        model = _static_copy(model)
+        view = None
     view = view or ModelView(model)
     by_op: dict[str, dict[str, int]] = defaultdict(lambda: {"params": 0, "macs": 0})
     owner: dict[str, str] = {}
@@ -48,3 +56,28 @@ def count(model: ir.Model, view: ModelView | None = None) -> dict:
         if m:
             by_op[node.op_type]["macs"] += m
     return {"params": total_params, "macs": total_macs, "by_op": dict(by_op)}
+
+
+def _static(shape) -> bool:
+    return shape is not None and all(isinstance(d, int) and d >= 0 for d in shape)
+
+
+def _dynamic(model: ir.Model) -> bool:
+    return any(not _static(v.shape) for v in model.graph.inputs)
+
+
+def _static_copy(model: ir.Model) -> ir.Model:
+    from spa_nm.io import infer_shapes
+
+    work = model.clone()
+    for v in work.graph.inputs:
+        if v.shape is not None and not _static(v.shape):
+            v.shape = ir.Shape([d if isinstance(d, int) and d >= 0 else 1 for d in v.shape])
+    for node in work.graph:  # shapes inferred for the dynamic model would win the merge
+        for v in node.outputs:
+            if v.shape is not None and not _static(v.shape) and not v.is_graph_output():
+                v.shape = None
+    for v in work.graph.outputs:
+        if v.shape is not None and not _static(v.shape):
+            v.shape = None
+    return infer_shapes(work)

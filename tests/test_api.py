@@ -231,3 +231,19 @@ def test_save_refuses_to_overwrite_the_input_weights(tmp_path):
     m = spa_nm.load(src)
     with pytest.raises(spa_nm.InputError, match="holds the input's weights"):
         spa_nm.save(spa_nm.prune(m, 0.5).model, tmp_path / "b.onnx")
+
+
+def test_negative_declared_dims_count_as_unknown(tmp_path):
+    """paddle2onnx declares "any" as dim -1: MACs are counted at batch 1, never negative."""
+    proto = model_from_text(CNN.replace("[1, 48]", "[-1, 48]").replace("{1, 48}", "{-1, 48}"))
+    onnx.save(proto, tmp_path / "ref.onnx")
+    ref = spa_nm.prune(spa_nm.load(tmp_path / "ref.onnx"), ratio=0.5).report
+    for v in (*proto.graph.input, *proto.graph.output):
+        v.type.tensor_type.shape.dim[0].dim_value = -1
+    proto.graph.value_info.append(onnx.helper.make_tensor_value_info("c2", onnx.TensorProto.FLOAT, [-1, 12, 4, 4]))
+    p = tmp_path / "neg.onnx"
+    onnx.save(proto, p)
+    res = spa_nm.prune(spa_nm.load(p), ratio=0.5)
+    assert res.report["macs_before"] == ref["macs_before"] > 0
+    assert 0 < res.report["macs_after"] == ref["macs_after"] < ref["macs_before"]
+    assert_prune_equivalent(spa_nm.load(p), res, atol=1e-5)
