@@ -484,6 +484,9 @@ def test_weight_transform_equals_zeroed_initializer():
     assert float(w.grad[w.shape[0] // 2 :].abs().sum()) == 0
     # write_back applies the transform by default: the written model is the module's function
     assert_close(got, run(write_back(model, mod), feeds))
+    mod.weight_transforms["w_typo"] = lambda p: p
+    with pytest.raises(KeyError, match="w_typo"):
+        mod(torch.from_numpy(feeds["input"]))
 
 
 # ---------------------------------------------------------------- unsupported ops

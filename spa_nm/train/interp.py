@@ -204,6 +204,9 @@ class OnnxModule(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, ...]:
         env: dict[str, torch.Tensor] = dict(self._host)
         tf = self.weight_transforms
+        if tf and not tf.keys() <= self._param_keys.keys():
+            unknown = sorted(set(tf) - set(self._param_keys))[:3]
+            raise KeyError(f"{self.source}: weight_transforms for non-parameters {unknown}")
         for name, key in self._param_keys.items():
             p = getattr(self, key)
             env[name] = tf[name](p) if name in tf else p

@@ -133,12 +133,18 @@ def _prelu(node: NodeSpec):
     return run
 
 
+def _clamp(x, lo, hi):
+    if lo is None and hi is None:
+        return x
+    if lo is not None and hi is not None and lo <= hi and x.is_floating_point():
+        return F.hardtanh(x, lo, hi)  # one fused backward (ReLU6 and the like)
+    return torch.clamp(x, lo, hi)
+
+
 @op("Clip", opsets=(1, 10))
 def _clip_attr(node: NodeSpec):
     lo, hi = node.attr("min", None), node.attr("max", None)
-    if lo is None and hi is None:
-        return lambda rt, x: x
-    return lambda rt, x: torch.clamp(x, lo, hi)
+    return lambda rt, x: _clamp(x, lo, hi)
 
 
 @op("Clip", opsets=(11, None), config=(1, 2))
@@ -146,9 +152,7 @@ def _clip(node: NodeSpec):
     def run(rt, x, lo=None, hi=None):
         lo = None if lo is None else lo.item()
         hi = None if hi is None else hi.item()
-        if lo is None and hi is None:
-            return x
-        return torch.clamp(x, lo, hi)
+        return _clamp(x, lo, hi)
 
     return run
 

@@ -282,19 +282,24 @@ def _batch_norm(node: NodeSpec):
     extra = [node.has_output(i) for i in range(1, 5)]
 
     def run(rt, x, scale, bias, mean, var):
-        shape = (1, -1) + (1,) * (x.dim() - 2)
         if not rt.training:
             y = F.batch_norm(x, mean, var, scale, bias, False, 0.0, eps)
             return (y, mean, var, mean, var) if any(extra) else y
         dims = [0, *range(2, x.dim())]
-        bm = x.mean(dims)
-        bv = x.var(dims, correction=0)  # the spec's ReduceVar: population variance
+        if scale.dim() == 1 and bias.dim() == 1 and not any(extra):
+            # torch's fused kernel normalises with the batch mean and the biased variance, and
+            # returns them (as 1 / sqrt(var + eps)) for the running-statistics update
+            y, bm, invstd = torch.native_batch_norm(x, scale, bias, None, None, True, 0.0, eps)
+            bv = invstd.pow(-2) - eps
+        else:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            bv, bm = torch.var_mean(x, dims, correction=0)  # the spec's ReduceVar
+            y = (x - bm.reshape(shape)) * torch.rsqrt(bv.reshape(shape) + eps)
+            y = y * scale.reshape(shape) + bias.reshape(shape)
         with torch.no_grad():
             if not mean.requires_grad and not var.requires_grad:
                 mean.mul_(momentum).add_(bm.detach().to(mean.dtype), alpha=1 - momentum)
                 var.mul_(momentum).add_(bv.detach().to(var.dtype), alpha=1 - momentum)
-        y = (x - bm.reshape(shape)) * torch.rsqrt(bv.reshape(shape) + eps)
-        y = y * scale.reshape(shape) + bias.reshape(shape)
         return (y, mean, var, bm, bv) if any(extra) else y
 
     return run
