@@ -343,3 +343,23 @@ def test_regime_cli(trained, tmp_path):
     bad = ["regime", "train-prune", str(src), "--data", str(d), "-o", str(out), "--ratio", "0.5"]
     assert main([*bad, "--epochs", "1"]) == 2
     assert main(["regime", "scratch-e", str(tmp_path / "no.onnx"), "--data", str(d), "-o", str(out), "--ratio", "0.5", "--epochs", "1"]) == 2  # fmt: skip
+
+
+def test_steps_through_the_cli(tmp_path):
+    pytest.importorskip("torch")
+    src = tmp_path / "m.onnx"
+    onnx.save(model_from_text(DEEP), src)
+    d = tmp_path / "d.npz"
+    np.savez(d, **blobs())
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    base = ["prune", str(src), "-o", str(out), "--ratio", "0.5", "--round-to", "1", "-q"]
+    assert main([*base, "--steps", "3", "--schedule", "linear", "--report", str(rep)]) == 0
+    entry = json.loads(rep.read_text())["models"][0]
+    assert [s["ratio"] for s in entry["steps"]] == cumulative_ratios(0.5, 3, "linear")
+    assert entry["channels_removed"] == 48 and entry["channel_ratio"] == 0.5
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+    ft = ["--steps", "2", "--data", str(d), "--finetune-epochs", "1", "--report", str(rep)]
+    assert main([*base, *ft]) == 0
+    entry = json.loads(rep.read_text())["models"][0]
+    assert [s["finetune"]["epochs"] for s in entry["steps"]] == [1, 1]
+    assert main([*base, "--steps", "2", "--finetune-epochs", "1"]) == 2  # needs --data
