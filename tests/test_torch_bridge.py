@@ -459,6 +459,34 @@ def test_constant_node_weights_are_parameters_and_written_back(tmp_path):
     assert_close(torch_run(mod.eval(), {"x": x}), run(new, {"x": x}))
 
 
+def test_local_functions_are_inlined_and_unsorted_nodes_run():
+    proto = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["" : 13, "local" : 1]>
+        g (float[2, 4] x) => (float[2, 4] y)
+        <float[4, 4] w = {0.5, 0, 0, 0, 0, -1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1},
+         float[4] b = {0.1, 0.2, 0.3, 0.4}>
+        {
+          y = Add (h2, b)
+          h1 = local.Dense (x, w)
+          h2 = local.Dense (h1, w)
+        }
+        <domain: "local", opset_import: ["" : 13]>
+        Dense (a, m) => (c) { p = MatMul (a, m)
+          c = Relu (p) }
+        """
+    )
+    before = onnx.ModelProto()
+    before.CopyFrom(proto)
+    mod = to_torch(proto)
+    assert proto == before  # the input is untouched
+    assert set(mod.onnx_parameters()) == {"w", "b"}
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    w = np.diag([0.5, -1, 2, 1]).astype(np.float32)
+    ref = np.maximum(np.maximum(x @ w, 0) @ w, 0) + np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    np.testing.assert_allclose(torch_run(mod.eval(), {"x": x})[0], ref, atol=1e-6)
+
+
 # ---------------------------------------------------------------- weight transforms
 
 

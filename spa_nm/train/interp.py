@@ -1,19 +1,23 @@
 """An ONNX graph as a trainable ``torch.nn.Module``: our own interpreter (no onnx2torch).
 
 `to_torch` turns each node into a kernel from the per-op registry (`spa_nm.train.registry`;
-families in ``ops_math``, ``ops_nn``, ``ops_tensor``, ``ops_resize``) once, at build time, so an
-unsupported op or attribute raises `UnsupportedOpError` before any forward pass. The module's
-forward walks the kernels in graph order over a dict of named tensors.
+families in ``ops_math``, ``ops_nn``, ``ops_tensor``, ``ops_resize``, ``ops_rnn``,
+``ops_control``) once, at build time, so an unsupported op or attribute raises
+`UnsupportedOpError` before any forward pass (listing every missing op). Model-local functions
+are inlined first. The module's forward walks the kernels in graph order over a dict of named
+tensors, dropping each intermediate after its last reader; If branches run on a copy of the
+enclosing scope.
 
 What the constants become (METHODS.md §2 trains these weights; the roles come from the
 registry, see its docstring):
 
 * **parameters**: float initializers and float Constant-node values read as weights (Conv,
-  Gemm, MatMul, norms, PRelu, Gather data) or as multi-element data that is not a mask
-  (no value is non-finite or of magnitude >= 1e4, the -inf / finfo.min / -1e4 of additive
-  attention masks). ``onnx_parameters()``
-  returns them keyed by their ONNX name; ``weight_transforms[name]`` replaces a parameter by
-  ``fn(param)`` in the forward pass (N:M masks, mask decay).
+  Gemm, MatMul, norms, PRelu, Gather data, recurrent W/R/B) or as multi-element data that is
+  not a mask (a mask holds a non-finite value or one of magnitude >= 1e4: the -inf, finfo.min
+  or -1e4 of additive attention masks). Scalars read as data (an epsilon, a divisor) are not
+  parameters. ``onnx_parameters()`` returns them keyed by their ONNX name;
+  ``weight_transforms[name]`` replaces a parameter by ``fn(param)`` in the forward pass (N:M
+  masks, mask decay).
 * **buffers** (move with ``.to(device)``, saved in ``state_dict``): other float constants,
   BatchNormalization running statistics among them (updated in train mode).
 * **host constants** (kept on the CPU, not trainable): integer and bool constants and anything
@@ -26,7 +30,6 @@ registry, see its docstring):
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,14 +41,13 @@ import onnx_ir as ir
 import torch  # noqa: TID253 - spa_nm.train.interp is only imported by to_torch
 from torch import nn  # noqa: TID253
 
+from spa_nm.errors import UnsupportedModelError
 from spa_nm.train import ops_control, ops_math, ops_nn, ops_resize, ops_rnn, ops_tensor  # noqa: F401
 from spa_nm.train.ops_common import as_tensor
 from spa_nm.train.ops_tensor import constant_value
 from spa_nm.train.registry import NodeSpec, UnsupportedOpError, lookup
 
 __all__ = ["OnnxModule", "to_torch"]
-
-log = logging.getLogger(__name__)
 
 _FLOAT_KINDS = ("f",)
 
@@ -97,29 +99,53 @@ def _is_float(arr: np.ndarray) -> bool:
 
 def _as_ir(model: ir.Model | onnx.ModelProto) -> ir.Model:
     if isinstance(model, onnx.ModelProto):
-        return ir.serde.deserialize_model(model)
+        return ir.serde.deserialize_model(_sorted_proto(model))
     if isinstance(model, ir.Model):
         return model
     raise TypeError(f"expected an onnx_ir Model or onnx.ModelProto, got {type(model).__name__}")
 
 
+def _sorted_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The proto itself when its top-level nodes are in topological order, else a sorted copy
+    (onnx-ir links a value read before its producer to a dangling placeholder)."""
+    nodes = list(proto.graph.node)
+    order = _order(nodes, lambda n: [i for i in n.input if i], lambda n: [o for o in n.output if o])
+    if order is None or order == list(range(len(nodes))):
+        return proto
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes[i] for i in order)
+    return out
+
+
+def _order(nodes, inputs_of, outputs_of) -> list[int] | None:
+    """Indices of ``nodes`` in an order where each reads only names produced before it (stable:
+    a sorted list keeps its order); None when a cycle leaves nodes unordered."""
+    produced = {name for n in nodes for name in outputs_of(n)}
+    avail: set[str] = set()
+    pending, order = list(range(len(nodes))), []
+    while pending:
+        rest = []
+        for i in pending:
+            if all(x in avail or x not in produced for x in inputs_of(nodes[i])):
+                order.append(i)
+                avail.update(outputs_of(nodes[i]))
+            else:
+                rest.append(i)
+        if len(rest) == len(pending):
+            return None
+        pending = rest
+    return order
+
+
 def _prepared(model: ir.Model) -> ir.Model:
-    """Model-local functions inlined and nodes in topological order (on a copy if needed)."""
-    copied = False
+    """Model-local functions inlined (on a copy)."""
     if model.functions:
         from onnx_ir.passes.common import InlinePass
 
-        model, copied = model.clone(), True
+        model = model.clone()
         InlinePass()(model)
-    seen = {v.name for v in model.graph.inputs} | set(model.graph.initializers)
-    for node in model.graph:
-        if any(
-            v is not None and v.producer() is not None and v.name not in seen for v in node.inputs
-        ):
-            model = model if copied else model.clone()
-            model.graph.sort()
-            break
-        seen.update(v.name for v in node.outputs)
     return model
 
 
@@ -313,7 +339,15 @@ class _Builder:
             if v.const_value is not None:
                 self.consts[vname] = np.asarray(v.const_value.numpy())
         nodes = []
-        for node in graph:
+        listed = list(graph)
+        order = _order(
+            listed,
+            lambda n: [v.name for v in n.inputs if v is not None] + sorted(_captured(n)),
+            lambda n: [v.name for v in n.outputs if v.name],
+        )
+        if order is None:
+            raise UnsupportedModelError(f"{self.where}: graph {graph.name!r} has a cycle")
+        for node in (listed[i] for i in order):
             domain = "" if node.domain in ("", "ai.onnx") else node.domain
             opset = self.opsets.get(domain, 1)
             spec = NodeSpec(node, opset, self.where, self.consts, self.subprogram)
