@@ -206,9 +206,15 @@ def _quiet():
 
 
 def export(
-    name: str, path: str | os.PathLike, exporter: str = "legacy", opset: int | None = None
+    name: str,
+    path: str | os.PathLike,
+    exporter: str = "legacy",
+    opset: int | None = None,
+    *,
+    dynamic: bool = False,
 ) -> Path:
-    """Export entry ``name`` to one ONNX file (input ``input``, output ``output``, batch 1)."""
+    """Export entry ``name`` to one ONNX file (input ``input``, output ``output``, batch 1);
+    ``dynamic``: batch and sequence length (token models) or batch (image models) symbolic."""
     import torch
 
     if exporter not in ("legacy", "dynamo"):
@@ -218,27 +224,36 @@ def export(
     net, args = build(name, attention)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    axes = {0: "batch", 1: "seq"} if spec.inputs[0] == "ids" else {0: "batch"}
     with _quiet():
         if exporter == "legacy":
+            kw = {"dynamic_axes": {"input": axes, "output": {0: "batch"}}} if dynamic else {}
             torch.onnx.export(net, args, str(path), dynamo=False, opset_version=opset or LEGACY_OPSET,
-                              input_names=["input"], output_names=["output"])  # fmt: skip
+                              input_names=["input"], output_names=["output"], **kw)  # fmt: skip
         else:
             kw = {} if opset is None else {"opset_version": opset}
+            if dynamic:
+                dims = {0: torch.export.Dim("batch", min=1, max=8)}
+                if 1 in axes:
+                    dims[1] = torch.export.Dim("seq", min=2, max=spec.inputs[1] * 2)
+                kw["dynamic_shapes"] = (dims,)
             prog = torch.onnx.export(net, args, dynamo=True, input_names=["input"],
                                      output_names=["output"], verbose=False, **kw)  # fmt: skip
             prog.save(str(path), external_data=False)
     return path
 
 
-def cached_export(name: str, exporter: str, cache_dir: str | os.PathLike) -> Path:
-    """`export` into ``cache_dir`` unless ``{name}-{exporter}.onnx`` is already there; written
-    to a scratch folder first, so an interrupted export leaves nothing behind."""
+def cached_export(
+    name: str, exporter: str, cache_dir: str | os.PathLike, *, dynamic: bool = False
+) -> Path:
+    """`export` into ``cache_dir`` unless ``{name}-{exporter}[-dyn].onnx`` is already there;
+    written to a scratch folder first, so an interrupted export leaves nothing behind."""
     cache_dir = Path(cache_dir)
-    path = cache_dir / f"{name}-{exporter}.onnx"
+    path = cache_dir / f"{name}-{exporter}{'-dyn' if dynamic else ''}.onnx"
     if path.exists():
         return path
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".export-") as tmp:
-        tmp_path = export(name, Path(tmp) / path.name, exporter)
+        tmp_path = export(name, Path(tmp) / path.name, exporter, dynamic=dynamic)
         shutil.move(tmp_path, path)
     return path

@@ -17,7 +17,7 @@ from spa_nm import io
 from spa_nm.errors import ConfigError
 from spa_nm.graph import ATTENTION_MODES, DependencyGraph, analyze as _analyze
 from spa_nm.metrics import count
-from spa_nm.passes import fold_shape_arithmetic, remove_dead_nodes
+from spa_nm.passes import fold_shape_arithmetic, remove_dead_nodes, unmerge_transposes
 from spa_nm.plan import DEFAULT_ROUND_TO, PruneConfig, PrunePlan, make_plan
 from spa_nm.surgery import apply_plan, check_model
 
@@ -75,7 +75,8 @@ def _prepared(model: ir.Model) -> ir.Model:
     seeing the folded constants, makes more of it static (a few rounds)."""
     work = copy_model(model)
     for _ in range(4):
-        if not fold_shape_arithmetic(work):
+        # unmerge: a batched transpose written through a merged [B*H] axis (dynamo exporter)
+        if not fold_shape_arithmetic(work) + unmerge_transposes(work):
             break
         io.infer_shapes(work)
     return work

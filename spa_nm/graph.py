@@ -30,6 +30,7 @@ import numpy as np
 
 import onnx_ir as ir
 from spa_nm.facts import Blocked, OpFacts, Param, Role, Slot
+from spa_nm.passes import slice_ints
 from spa_nm.rules import RuleContext, lookup
 from spa_nm.rules._context import MAX_SLOT_ELEMENTS, UnknownRank
 
@@ -163,6 +164,9 @@ class ModelView:
             return dims[max(0, s0 + r if s0 < 0 else s0) : max(0, e0 + r if e0 < 0 else e0)]
         if p.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity"):
             return self.partial_ints(ins[0], depth + 1)
+        if p.op_type == "Slice":
+            data = self.partial_ints(ins[0], depth + 1)
+            return None if data is None else slice_ints(p, data, lambda v: self.const(v.name))
         if p.op_type == "Concat":
             parts = [self.partial_ints(n, depth + 1) for n in ins if n]
             return None if any(q is None for q in parts) else [x for q in parts for x in q]

@@ -18,7 +18,13 @@ import onnx.reference
 
 import onnx_ir as ir
 
-__all__ = ["add_initializer", "fold_shape_arithmetic", "remove_dead_nodes"]
+__all__ = [
+    "add_initializer",
+    "fold_shape_arithmetic",
+    "remove_dead_nodes",
+    "slice_ints",
+    "unmerge_transposes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,18 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
         if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name in partial:
             folded += _refine_reshape(model, node, partial[node.inputs[1].name])
             continue
+        if node.op_type == "Slice" and src is not None and src.name in partial:
+            # x.shape[:-1] written as Shape -> Slice: the picked entries stay partly known
+            picked = slice_ints(node, partial[src.name], lambda v: _const_of(v, known))
+            if picked is not None:
+                if all(isinstance(v, int) for v in picked):
+                    arr = np.asarray(picked, dtype=np.int64)
+                    known[out.name] = arr
+                    _replace_with_initializer(model, out, arr)
+                    folded += 1
+                else:
+                    partial[out.name] = picked
+            continue
         if node.op_type == "Gather" and src is not None and src.name in partial:
             # Gather(shape(x), const) picks static dims of a partly symbolic shape
             idx = _const_of(node.inputs[1], known) if len(node.inputs) > 1 and node.inputs[1] is not None else None
@@ -135,6 +153,79 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
     if folded:
         remove_dead_nodes(model)
     return folded
+
+
+def slice_ints(node: ir.Node, vals: list, const) -> list | None:
+    """``Slice`` of the 1-D list ``vals`` (entries may be symbols) with constant bounds and a
+    positive step, or None. ``const(value)`` returns a value's constant array or None."""
+    if node.op_type != "Slice":
+        return None
+    try:
+        if len(node.inputs) >= 3:  # opset 10+: bounds are inputs
+            bounds = [None if v is None or not v.name else const(v) for v in node.inputs[1:5]]
+            if bounds[0] is None or bounds[1] is None:
+                return None
+            starts, ends = bounds[0], bounds[1]
+            axes = bounds[2] if len(bounds) > 2 and bounds[2] is not None else [0]
+            steps = bounds[3] if len(bounds) > 3 and bounds[3] is not None else [1]
+        else:
+            starts, ends = node.attributes["starts"].value, node.attributes["ends"].value
+            axes = node.attributes["axes"].value if "axes" in node.attributes else [0]
+            steps = [1]
+        starts, ends, axes, steps = (np.asarray(a).reshape(-1).tolist() for a in (starts, ends, axes, steps))
+    except (KeyError, AttributeError, TypeError):
+        return None
+    if len(starts) != 1 or len(ends) != 1 or [int(a) for a in axes] not in ([0], [-1]) or int(steps[0]) < 1:
+        return None
+    n = len(vals)
+    start, end = int(starts[0]), int(ends[0])
+    start = min(max(start + n if start < 0 else start, 0), n)
+    end = min(max(end + n if end < 0 else end, 0), n)
+    return list(vals[start:end:int(steps[0])])
+
+
+def unmerge_transposes(model: ir.Model) -> int:
+    """``Reshape(x, [-1, *tail]) -> Transpose(perm, perm[0] = 0) -> Reshape(back to x's
+    leading dims)`` becomes one Transpose of ``x``: the dynamo exporter writes a batched
+    transpose of ``[B, H, T, d]`` that way, and with a symbolic batch the merged ``B*H`` axis
+    would hide the heads. Exact (the same elements in the same order). Returns the count."""
+    done = 0
+    for r2 in list(model.graph):
+        if r2.op_type != "Reshape" or r2.domain not in ("", "ai.onnx"):
+            continue
+        t = r2.inputs[0].producer() if r2.inputs[0] is not None else None
+        if t is None or t.op_type != "Transpose" or len(t.outputs[0].uses()) != 1:
+            continue
+        r1 = t.inputs[0].producer()
+        if r1 is None or r1.op_type != "Reshape" or len(r1.outputs[0].uses()) != 1:
+            continue
+        x, merged, out = r1.inputs[0], r1.outputs[0], r2.outputs[0]
+        shapes = [v.shape for v in (x, merged, t.outputs[0], out)]
+        if any(s is None for s in shapes) or out.is_graph_output():
+            continue
+        xs, ms, ts, os_ = ([d if isinstance(d, int) else getattr(d, "value", None) for d in s] for s in shapes)
+        perm = [int(p) for p in t.attributes["perm"].value] if "perm" in t.attributes else None
+        k = len(xs) - len(ms) + 1  # leading dims merged into one
+        if perm is None or perm[0] != 0 or k < 2 or len(os_) != len(xs):
+            continue
+        tail = xs[k:]
+        if ms[1:] != tail or any(d is None for d in tail):
+            continue
+        if os_[:k] != xs[:k] or any(d is None for d in xs[:k]) or os_[k:] != ts[1:]:
+            continue
+        new = ir.Node("", "Transpose", [x], attributes=[ir.AttrInt64s("perm", list(range(k)) + [p + k - 1 for p in perm[1:]])],
+                      name=f"{t.name or 'Transpose'}_unmerged")  # fmt: skip
+        new.outputs[0].shape = out.shape
+        new.outputs[0].type = out.type
+        model.graph.insert_after(r2, new)
+        name = out.name
+        out.replace_all_uses_with(new.outputs[0])
+        out.name = f"{name}__merged"
+        new.outputs[0].name = name
+        done += 1
+    if done:
+        remove_dead_nodes(model)
+    return done
 
 
 def _static_shape(node: ir.Node) -> np.ndarray | None:

@@ -180,5 +180,24 @@ def test_swin_windowed_attention_prunes_heads(export_dir):
     assert sorted(heads) == [2, 2, 4, 4] and sorted(after) == [1, 1, 2, 2]
 
 
+@pytest.mark.parametrize(
+    ("name", "exporter"),
+    [("gpt2_tiny", "legacy"), ("gpt2_tiny", "dynamo"), pytest.param("llama_tiny", "dynamo", marks=SLOW)],
+)  # fmt: skip
+def test_dynamic_batch_and_sequence(export_dir, name, exporter):
+    """Batch and sequence symbolic: Shape -> Gather/Slice -> Concat -> Reshape targets get their
+    constant parts rewritten (a shared target gets a Concat of its own), merged [B*T] axes are
+    told apart from the channels, and the oracle runs at batch 2, sequence 32."""
+    model = spa_nm.load(cached_export(name, exporter, export_dir, dynamic=True))
+    assert not isinstance(model.graph.inputs[0].shape[1], int)
+    res = spa_nm.prune(model, 0.5, round_to=1)
+    check_model(res.model)
+    assert_prune_equivalent(model, res, atol=1e-5)
+    sizes = sorted(res.graph.groups[g].size for g in res.plan.removed)
+    heads = 2 if name.startswith("llama") else 4  # K/V groups of Llama, heads of GPT-2
+    assert sizes.count(heads) == 2 and sizes.count(INTERMEDIATE[name]) == 2, sizes
+    assert not isinstance(res.model.graph.inputs[0].shape[1], int)
+
+
 def test_zoo_names():
     assert set(FAMILIES) <= set(TRANSFORMERS)

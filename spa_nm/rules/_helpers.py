@@ -268,20 +268,33 @@ def reshape_facts(ctx: RuleContext, x: str, y: str, facts: OpFacts) -> bool:
     in_slots, out_slots = ctx.slots(x), ctx.slots(y)
     if not in_slots and not out_slots:
         return True
+    groups = None
     if xs is None or ys is None or not all(isinstance(d, int) for d in (*xs, *ys)):
         # symbolic dims (a dynamic batch) are fine where they map one to one
         xs2, ys2 = _strip_common_symbolic(xs, ys)
         if xs2 is None:
-            facts.blocked.append(block(ctx, "reshape of a channel axis with unknown dims"))
-            return False
-        xs_, ys_, off_x, off_y = xs2
+            # a dynamic batch and sequence: equal leading and trailing dims map one to one,
+            # the symbolic run between them ([B, T] <-> [B*T]) must carry no channel
+            groups = _symbolic_groups(xs, ys)
+            if groups is None or any(
+                (set(gi) & {a for s in in_slots for a in s.axes})
+                or (set(go) & {a for s in out_slots for a in s.axes})
+                for gi, go, opaque in groups
+                if opaque
+            ):
+                facts.blocked.append(block(ctx, "reshape of a channel axis with unknown dims"))
+                return False
+            groups = [(gi, go) for gi, go, opaque in groups if not opaque]
+        else:
+            xs_, ys_, off_x, off_y = xs2
     else:
         xs_, ys_, off_x, off_y = list(xs), list(ys), 0, 0
-    groups = dim_groups(xs_, ys_)
     if groups is None:
-        facts.blocked.append(block(ctx, "cannot match reshape dims"))
-        return False
-    groups = [([k + off_x for k in gi], [k + off_y for k in go]) for gi, go in groups]
+        groups = dim_groups(xs_, ys_)
+        if groups is None:
+            facts.blocked.append(block(ctx, "cannot match reshape dims"))
+            return False
+        groups = [([k + off_x for k in gi], [k + off_y for k in go]) for gi, go in groups]
     # a composite slot whose axes fall in different dim groups (an Unsqueeze between heads and
     # head_dim) is separated as by a Transpose: it collapses onto one of its axes
     one_to_one = {gi[0]: go[0] for gi, go in groups if len(gi) == 1 and len(go) == 1}
@@ -310,9 +323,62 @@ def reshape_facts(ctx: RuleContext, x: str, y: str, facts: OpFacts) -> bool:
         if not gi or not go:
             facts.blocked.append(block(ctx, "channel slot on a size-1 dim"))
             return False
+        if not all(isinstance(xs[k], int) for k in gi) or not all(isinstance(ys[k], int) for k in go):
+            facts.blocked.append(block(ctx, "reshape of a channel axis with unknown dims"))
+            return False
         if not _group_links(ctx, x, y, gi, go, cin, cout, facts):
             return False
     return True
+
+
+def _symbolic_groups(xs: Any, ys: Any) -> list[tuple[list[int], list[int], bool]] | None:
+    """Dim groups of a reshape with symbolic dims: equal leading dims pair one to one, so do
+    equal trailing ones; the run between them is one group, ``opaque`` when it holds a
+    symbolic dim (its elements cannot be told apart). None when shapes are unknown."""
+    if xs is None or ys is None:
+        return None
+    n, m = len(xs), len(ys)
+    p = 0
+    while p < min(n, m) and xs[p] is not None and xs[p] == ys[p]:
+        p += 1
+    s = 0
+    while s < min(n, m) - p and xs[n - 1 - s] is not None and xs[n - 1 - s] == ys[m - 1 - s]:
+        s += 1
+    groups: list[tuple[list[int], list[int], bool]] = [([k], [k], False) for k in range(p)]
+    mid_x, mid_y = list(range(p, n - s)), list(range(p, m - s))
+    if mid_x or mid_y:
+        groups += _middle_groups(xs, ys, mid_x, mid_y)
+    groups += [([n - s + i], [m - s + i], False) for i in range(s)]
+    return groups
+
+
+def _middle_groups(xs, ys, mid_x: list[int], mid_y: list[int]) -> list[tuple[list[int], list[int], bool]]:
+    """The static trailing runs of the two middles pair by their products ([T, 4, 16] <->
+    [T*?, 64] pairs 4·16 with 64); what precedes them is one opaque group."""
+
+    def static_tail(dims: list[Any]) -> int:
+        k = 0
+        while k < len(dims) and isinstance(dims[len(dims) - 1 - k], int):
+            k += 1
+        return k
+
+    dx, dy = [xs[k] for k in mid_x], [ys[k] for k in mid_y]
+    tx, ty = static_tail(dx), static_tail(dy)
+    for i in range(tx, 0, -1):
+        for j in range(ty, 0, -1):
+            if (i, j) == (len(dx), len(dy)) or math.prod(dx[len(dx) - i :]) != math.prod(dy[len(dy) - j :]):
+                continue
+            inner = dim_groups(dx[len(dx) - i :], dy[len(dy) - j :])
+            if inner is None:
+                continue
+            ox, oy = mid_x[len(dx) - i :], mid_y[len(dy) - j :]
+            head = [(mid_x[: len(dx) - i], mid_y[: len(dy) - j], True)]
+            return head + [([ox[a] for a in gi], [oy[b] for b in go], False) for gi, go in inner]
+    if tx == len(dx) and ty == len(dy):
+        inner = dim_groups(dx, dy)
+        if inner is not None:
+            return [([mid_x[a] for a in gi], [mid_y[b] for b in go], False) for gi, go in inner]
+    return [(mid_x, mid_y, True)]
 
 
 def _strip_common_symbolic(xs: Any, ys: Any) -> Any:

@@ -71,8 +71,11 @@ def batched_matmul(node, ctx: RuleContext) -> OpFacts | Blocked:
     known = [ctx.slots(v) for v in names]
     if not any(known):
         return OpFacts()
-    if any(s is None for s in shapes) or not all(isinstance(d, int) for s in shapes for d in s):
+    if any(s is None for s in shapes):
         return block(ctx, "MatMul of two activations with unknown shapes")
+    for t, v in enumerate(names):  # symbolic dims (batch, sequence) are fine off the channels
+        if any(not isinstance(shapes[t][a], int) for s in known[t] for a in s.axes):
+            return block(ctx, f"channel slot on a dim of unknown size of {v}")
     sa, sb, sy = shapes
     if len(sa) < 2 or len(sb) < 2:
         return block(ctx, "MatMul with a 1-D operand")

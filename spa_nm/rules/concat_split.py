@@ -31,12 +31,18 @@ def _pieces(ctx: RuleContext, whole: str, parts: list[str], axis: int, facts: Op
     """Link each part to its interval of ``whole`` on ``axis``; other axes pass through."""
     r = ctx.rank(whole)
     shapes = [ctx.shape(p) for p in parts]
-    if r is None or any(s is None or not isinstance(s[axis], int) for s in shapes):
-        facts.blocked.append(block(ctx, "sizes on the concatenation axis are unknown"))
+    on_axis = [s for v in (whole, *parts) for s in ctx.slots(v) if axis in s.axes]
+    if r is None or any(s is None for s in shapes):
+        facts.blocked.append(block(ctx, "shapes are unknown"))
         return False
+    if any(not isinstance(s[axis], int) for s in shapes):
+        if on_axis:
+            facts.blocked.append(block(ctx, "sizes on the concatenation axis are unknown"))
+            return False
+        # no channel on the axis: its sizes are not needed
+        shapes = [[1 if k == axis else d for k, d in enumerate(s)] for s in shapes]
     sizes = [s[axis] for s in shapes]
     offs = _offsets(sizes)
-    on_axis = [s for v in (whole, *parts) for s in ctx.slots(v) if axis in s.axes]
     if any(len(s.axes) != 1 for s in on_axis):
         facts.blocked.append(block(ctx, "a composite channel slot spans the concatenation axis"))
         return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from spa_nm.facts import OpFacts, Param, Role
+from spa_nm.passes import slice_ints
 from spa_nm.rules._context import RuleContext
 from spa_nm.rules._helpers import block, map_axes
 from spa_nm.rules._registry import rule
@@ -36,10 +37,19 @@ def shape_of(node, ctx: RuleContext) -> OpFacts:
     if not read:
         return OpFacts()
     # fine when every reader picks only other entries: Gather(shape, const) of the batch dim
+    if node.outputs[0].is_graph_output():
+        return block(ctx, "Shape reads the channel count at run time", (x,))
+    positions = list(range(start, end))
     for c in node.outputs[0].consumers():
+        if c.op_type == "Slice" and c.inputs[0] is node.outputs[0]:
+            # x.shape[:-2] as Shape -> Slice: fine when the slice skips the channel axes
+            picked = slice_ints(c, positions, lambda v: ctx.const(v.name))
+            if picked is None or set(picked) & read:
+                return block(ctx, "Shape reads the channel count at run time", (x,))
+            continue
         idx = ctx.const(c.inputs[1].name) if c.op_type == "Gather" and len(c.inputs) > 1 and c.inputs[1] is not None else None
         axis = c.attributes.get("axis")
-        if idx is None or (axis is not None and int(axis.value) != 0) or node.outputs[0].is_graph_output():
+        if idx is None or (axis is not None and int(axis.value) != 0):
             return block(ctx, "Shape reads the channel count at run time", (x,))
         picked = {(int(i) + (end - start)) % (end - start) + start for i in np.asarray(idx).reshape(-1)}
         if picked & read:

@@ -41,13 +41,66 @@ def _reshape_fixup(node_name: str, x: str, y: str, allowzero: bool) -> Fixup:
         for k, t in enumerate(target):
             if t == -1:
                 out.append(-1)
-            elif t == 0 and not allowzero:
-                out.append(0 if nx[k] == new[k] else int(new[k]))
+            elif t == 0 and not allowzero:  # "copy the input dim": still right if unchanged
+                out.append(0 if nx[k] == new[k] or old[k] == new[k] else int(new[k]))
             else:
                 out.append(int(new[k]) if old[k] != new[k] else t)
         info.new_const(node, 1, np.asarray(out, dtype=np.int64))
 
     return Fixup(node_name, "rewrite the Reshape target shape", apply)
+
+
+def _concat_parts(ctx: RuleContext, shape: str, axes: list[int]) -> dict[int, tuple[int, int]] | None:
+    """For a target built by ``Concat`` (axis 0) that only this node reads: axis -> (Concat
+    input, position in it), where every such input is a constant; else None."""
+    v = ctx.view.values.get(shape)
+    cat = None if v is None else v.producer()
+    if cat is None or cat.op_type != "Concat" or v.is_graph_output():
+        return None
+    where: dict[int, tuple[int, int]] = {}
+    pos = 0
+    for i, part in enumerate(cat.inputs):
+        vals = None if part is None else ctx.view.partial_ints(part.name)
+        if vals is None:
+            return None
+        for k in range(len(vals)):
+            if pos + k in axes:
+                if ctx.const(part.name) is None:
+                    return None
+                where[pos + k] = (i, k)
+        pos += len(vals)
+    return where if set(where) == set(axes) else None
+
+
+def _concat_target_fixup(node_name: str, y: str, axes: list[int], parts) -> Fixup:
+    def apply(node: ir.Node, info: FixInfo) -> None:
+        old, new = info.old_shape(y), info.new_shape(y)
+        cat = node.inputs[1].producer()
+        edits: dict[int, np.ndarray] = {}
+        for a in axes:
+            if old[a] == new[a]:
+                continue
+            i, k = parts[a]
+            arr = edits.setdefault(i, np.array(info.const(cat.inputs[i]), dtype=np.int64).reshape(-1))
+            arr[k] = int(new[a])
+        if not edits:
+            return
+        if len(node.inputs[1].uses()) > 1:
+            # the target is shared (Q, K and V views): this Reshape gets its own Concat
+            own = ir.Node(
+                cat.domain, "Concat", list(cat.inputs), attributes=list(cat.attributes.values()),
+                name=f"{cat.name or 'Concat'}_{node.name or 'pruned'}",
+            )  # fmt: skip
+            own.outputs[0].name = f"{node.inputs[1].name}_{node.name or 'pruned'}"
+            own.outputs[0].shape = node.inputs[1].shape
+            own.outputs[0].type = node.inputs[1].type
+            cat.graph.insert_after(cat, own)
+            node.replace_input_with(1, own.outputs[0])
+            cat = own
+        for i, arr in edits.items():
+            info.new_const(cat, i, arr)
+
+    return Fixup(node_name, "rewrite the constant parts of the Reshape target's Concat", apply)
 
 
 @rule("Reshape", opsets=(5, None))
@@ -65,8 +118,20 @@ def reshape(node, ctx: RuleContext) -> OpFacts:
         if not reshape_facts(ctx, x, y, facts):
             return facts
         axes = {a for ln in facts.links for sl in (ln.a, ln.b) if sl.value == y for a in sl.axes}
-        if not axes or any(a >= len(target) or target[a] != -1 for a in axes):
+        if not axes or any(a >= len(target) for a in axes):
             return block(ctx, "Reshape target shape is computed at run time and fixes a channel axis")
+        fixed = sorted(a for a in axes if target[a] != -1)
+        if fixed:
+            # Concat(Shape(x)[:2], [heads, head_dim]): the channel entries are constant parts
+            # of the Concat, which the fixup rewrites
+            parts = _concat_parts(ctx, shape, fixed)
+            if parts is None:
+                return block(
+                    ctx,
+                    "Reshape target shape is computed at run time and fixes a channel axis "
+                    "outside a constant part of its Concat",
+                )
+            facts.fixups.append(_concat_target_fixup(node.name, y, fixed, parts))
         return _with_copy(ctx, facts)
     if not reshape_facts(ctx, x, y, facts):
         return facts
@@ -136,6 +201,17 @@ def expand(node, ctx: RuleContext) -> OpFacts:
     if not map_axes(ctx, x, y, amap, facts, what="Expand broadcasts it"):
         return facts
     if ctx.const(shape) is None:
-        return block(ctx, "Expand target shape is computed at run time")
+        # repeat_kv with a dynamic batch: Concat(Shape(x)[:1], [kv_heads, n_rep], ...); target
+        # entries of 1 keep the input's size by themselves
+        target = ctx.view.partial_ints(shape)
+        axes = {a for s in ctx.slots(y) for a in s.axes}
+        shift = len(ys) - (len(target) if target is not None else 0)
+        fixed = sorted(a for a in axes if target is not None and a - shift >= 0 and target[a - shift] != 1)
+        parts = _concat_parts(ctx, shape, [a - shift for a in fixed]) if target is not None else None
+        if target is None or shift != 0 or (fixed and parts is None):
+            return block(ctx, "Expand target shape is computed at run time")
+        if fixed:
+            facts.fixups.append(_concat_target_fixup(node.name, y, fixed, parts))
+        return _with_copy(ctx, facts)
     facts.fixups.append(_expand_fixup(node.name, y))
     return _with_copy(ctx, facts)
