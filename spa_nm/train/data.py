@@ -60,7 +60,11 @@ def model_inputs(model: ir.Model) -> list[tuple[str, list[int | None], Any]]:
     for v in model.graph.inputs:
         if v.name in model.graph.initializers:
             continue
-        dims = [d if isinstance(d, int) and d >= 0 else None for d in (v.shape or [])] if v.shape is not None else None
+        dims = (
+            [d if isinstance(d, int) and d >= 0 else None for d in (v.shape or [])]
+            if v.shape is not None
+            else None
+        )
         out.append((v.name, dims, _NP.get(v.dtype, np.float32)))
     return out
 
@@ -74,10 +78,14 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with np.load(p, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:
-        raise InputError(f"{p}: not a readable .npz file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from e
+        raise InputError(
+            f"{p}: not a readable .npz file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
+        ) from e
 
 
-def make_dataset(model: ir.Model, arrays: dict[str, np.ndarray], source: str, part: str = "train") -> Dataset:
+def make_dataset(
+    model: ir.Model, arrays: dict[str, np.ndarray], source: str, part: str = "train"
+) -> Dataset:
     """Check ``arrays`` against the model's inputs and build the ``part`` ("train" or "val")
     dataset: every input present, ranks and static non-batch dims as declared, one sample count,
     labels 1-D non-negative integers."""
@@ -93,27 +101,39 @@ def make_dataset(model: ir.Model, arrays: dict[str, np.ndarray], source: str, pa
         labels = arrays.get(label_key)
     else:
         missing = [n for n in names if n not in arrays]
-        raise InputError(f"{source}: no array for model input(s) {', '.join(map(repr, missing))} (found: {', '.join(sorted(arrays)) or 'none'})")
+        raise InputError(
+            f"{source}: no array for model input(s) {', '.join(map(repr, missing))} (found: {', '.join(sorted(arrays)) or 'none'})"
+        )
     counts = {n: (a.shape[0] if a.ndim else None) for n, a in feeds.items()}
     out: dict[str, np.ndarray] = {}
     for name, dims, dtype in specs:
         a = feeds[name]
         if dims is not None and a.ndim != len(dims):
-            raise InputError(f"{source}: array {name!r} has shape {list(a.shape)}, the model input has rank {len(dims)} ({_fmt(dims)})")
+            raise InputError(
+                f"{source}: array {name!r} has shape {list(a.shape)}, the model input has rank {len(dims)} ({_fmt(dims)})"
+            )
         if a.ndim == 0 or a.shape[0] == 0:
             raise InputError(f"{source}: array {name!r} has no samples (shape {list(a.shape)})")
         for ax, d in enumerate(dims or []):
             if ax and d is not None and a.shape[ax] != d:
-                raise InputError(f"{source}: array {name!r} has shape {list(a.shape)}, the model input is {_fmt(dims)}")
+                raise InputError(
+                    f"{source}: array {name!r} has shape {list(a.shape)}, the model input is {_fmt(dims)}"
+                )
         if np.issubdtype(dtype, np.floating):
-            if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_):
+            if not (
+                np.issubdtype(a.dtype, np.floating)
+                or np.issubdtype(a.dtype, np.integer)
+                or a.dtype == np.bool_
+            ):
                 raise InputError(f"{source}: array {name!r} has dtype {a.dtype}, not numeric")
             a = a.astype(dtype, copy=False)
             if not np.all(np.isfinite(a)):
                 raise InputError(f"{source}: array {name!r} contains NaN or infinity")
         elif a.dtype != dtype:
             if not np.issubdtype(a.dtype, np.integer) and dtype is not np.bool_:
-                raise InputError(f"{source}: array {name!r} has dtype {a.dtype}, the model input is {np.dtype(dtype)}")
+                raise InputError(
+                    f"{source}: array {name!r} has dtype {a.dtype}, the model input is {np.dtype(dtype)}"
+                )
             a = a.astype(dtype)
         out[name] = np.ascontiguousarray(a)
     if len(set(counts.values())) > 1:
@@ -121,7 +141,9 @@ def make_dataset(model: ir.Model, arrays: dict[str, np.ndarray], source: str, pa
     n = next(iter(counts.values()))
     if labels is not None:
         if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or _integral(labels)):
-            raise InputError(f"{source}: {label_key!r} must be a 1-D array of integer class ids (got {labels.dtype}, shape {list(labels.shape)})")
+            raise InputError(
+                f"{source}: {label_key!r} must be a 1-D array of integer class ids (got {labels.dtype}, shape {list(labels.shape)})"
+            )
         if len(labels) != n:
             raise InputError(f"{source}: {label_key!r} has {len(labels)} entries for {n} samples")
         labels = labels.astype(np.int64)
@@ -147,14 +169,20 @@ def split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset
         if not len(val_idx):
             val_idx = rng.permutation(n)[:1]
     if len(val_idx) >= n:
-        raise InputError(f"{ds.source}: {n} sample(s) cannot be split into training and validation; pass a separate validation set")
+        raise InputError(
+            f"{ds.source}: {n} sample(s) cannot be split into training and validation; pass a separate validation set"
+        )
     mask = np.zeros(n, bool)
     mask[val_idx] = True
     return ds.subset(np.flatnonzero(~mask)), ds.subset(np.sort(val_idx))
 
 
 def _integral(a: np.ndarray) -> bool:
-    return np.issubdtype(a.dtype, np.floating) and bool(np.all(np.isfinite(a))) and bool(np.all(a == np.round(a)))
+    return (
+        np.issubdtype(a.dtype, np.floating)
+        and bool(np.all(np.isfinite(a)))
+        and bool(np.all(a == np.round(a)))
+    )
 
 
 def _fmt(dims: list[int | None]) -> str:

@@ -56,7 +56,9 @@ def _torch():
     try:
         import torch
     except ImportError as e:
-        raise ConfigError("torch is not installed: finetune needs it (pip install 'spa_nm[train]')") from e
+        raise ConfigError(
+            "torch is not installed: finetune needs it (pip install 'spa_nm[train]')"
+        ) from e
     return torch
 
 
@@ -68,13 +70,25 @@ def _as_dataset(model: ir.Model, data: Any, part: str) -> Dataset:
     return make_dataset(model, load_arrays(data), str(data), part)
 
 
-def _validate(method: str, optimizer: str, lr_schedule: str, epochs, steps, lr, batch_size, weight_decay, val_fraction) -> None:
+def _validate(
+    method: str,
+    optimizer: str,
+    lr_schedule: str,
+    epochs,
+    steps,
+    lr,
+    batch_size,
+    weight_decay,
+    val_fraction,
+) -> None:
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
     if lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"unknown lr schedule {lr_schedule!r}: choose from {', '.join(LR_SCHEDULES)}")
+        raise ConfigError(
+            f"unknown lr schedule {lr_schedule!r}: choose from {', '.join(LR_SCHEDULES)}"
+        )
     if epochs is not None and steps is not None:
         raise ConfigError("give epochs or steps, not both")
     for what, v in (("epochs", epochs), ("steps", steps), ("batch size", batch_size)):
@@ -134,7 +148,9 @@ def finetune(
         ConfigError: bad option, or torch missing. InputError: data that does not fit the model.
     """
     t0 = time.perf_counter()
-    _validate(method, optimizer, lr_schedule, epochs, steps, lr, batch_size, weight_decay, val_fraction)
+    _validate(
+        method, optimizer, lr_schedule, epochs, steps, lr, batch_size, weight_decay, val_fraction
+    )
     spec = pattern if isinstance(pattern, NMSpec) else NMSpec.parse(pattern)
     if method != "oneshot":
         _torch()  # fail before any work
@@ -146,7 +162,9 @@ def finetune(
         valid = _as_dataset(model, val, "val")
         val_source = valid.source
     if (train.labels is None) != (valid.labels is None):
-        raise InputError(f"{valid.source}: the training and validation data must both have labels or both not")
+        raise InputError(
+            f"{valid.source}: the training and validation data must both have labels or both not"
+        )
     labelled = train.labels is not None
     n_classes = _check_labels(model, train, valid)
 
@@ -158,7 +176,9 @@ def finetune(
         report: dict[str, Any] = {
             "method": method,
             "pattern": None if method == "dense" else str(spec),
-            "loss": "cross-entropy on the first output" if labelled else "distillation: MSE to the input model's outputs (no labels)",
+            "loss": "cross-entropy on the first output"
+            if labelled
+            else "distillation: MSE to the input model's outputs (no labels)",
             "train_samples": len(train),
             "val_samples": len(valid),
             "val_source": val_source,
@@ -196,11 +216,15 @@ def _check_labels(model: ir.Model, train: Dataset, valid: Dataset) -> int | None
     out = model.graph.outputs[0]
     shape = out.shape
     if shape is not None and len(shape) != 2:
-        raise InputError(f"{train.source}: labels need a [batch, classes] first output; output {out.name!r} has rank {len(shape)}")
+        raise InputError(
+            f"{train.source}: labels need a [batch, classes] first output; output {out.name!r} has rank {len(shape)}"
+        )
     c = shape[1] if shape is not None and isinstance(shape[1], int) else None
     for ds in (train, valid):
         if c is not None and ds.labels.max() >= c:
-            raise InputError(f"{ds.source}: label {int(ds.labels.max())} is out of range for {c} classes (output {out.name!r})")
+            raise InputError(
+                f"{ds.source}: label {int(ds.labels.max())} is out of range for {c} classes (output {out.name!r})"
+            )
     return c
 
 
@@ -213,7 +237,11 @@ def _save_tmp(model: ir.Model, path: Path) -> Path:
 
 def _eval_batch(sess: Any) -> int:
     """Samples per onnxruntime run: the static batch dim when the model has one."""
-    static = {i.shape[0] for i in sess.sess.get_inputs() if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0}
+    static = {
+        i.shape[0]
+        for i in sess.sess.get_inputs()
+        if i.shape and isinstance(i.shape[0], int) and i.shape[0] > 0
+    }
     return static.pop() if len(static) == 1 else _EVAL_BATCH
 
 
@@ -234,7 +262,9 @@ def _predict(path: Path, ds: Dataset) -> list[np.ndarray]:
     return [np.concatenate(c) for c in zip(*chunks, strict=True)]
 
 
-def evaluate(path: str | os.PathLike, ds: Dataset, teacher_path: str | os.PathLike | None = None) -> dict[str, float]:
+def evaluate(
+    path: str | os.PathLike, ds: Dataset, teacher_path: str | os.PathLike | None = None
+) -> dict[str, float]:
     """Validation metrics of the ONNX model at ``path``, by onnxruntime: accuracy and
     cross-entropy against ``ds.labels``; without labels, the MSE to the outputs of the model at
     ``teacher_path`` (and the top-1 agreement with it when the first output is [batch, classes])."""
@@ -248,7 +278,15 @@ def evaluate(path: str | os.PathLike, ds: Dataset, teacher_path: str | os.PathLi
     if teacher_path is None:
         return {}
     ref = _predict(Path(teacher_path), ds)
-    mse = float(np.mean([np.mean((a.astype(np.float64) - b) ** 2) for a, b in zip(outs, ref, strict=True) if np.issubdtype(b.dtype, np.floating)]))
+    mse = float(
+        np.mean(
+            [
+                np.mean((a.astype(np.float64) - b) ** 2)
+                for a, b in zip(outs, ref, strict=True)
+                if np.issubdtype(b.dtype, np.floating)
+            ]
+        )
+    )
     res = {"mse_to_input_model": mse}
     if outs[0].ndim == 2 and outs[0].shape[1] > 1:
         res["top1_agreement"] = float(np.mean(outs[0].argmax(1) == ref[0].argmax(1)))
@@ -264,11 +302,15 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
     static = {d[0] for _, d, _ in model_inputs(model) if d and d[0] is not None}
     if static and batch_size not in static:
         b0 = min(static)
-        raise ConfigError(f"{source}: the model's batch dimension is fixed at {b0}: use batch size {b0}, or export the model with a dynamic batch")
+        raise ConfigError(
+            f"{source}: the model's batch dimension is fixed at {b0}: use batch size {b0}, or export the model with a dynamic batch"
+        )
     drop_last = bool(static) and n >= batch_size  # a fixed batch cannot take a short last batch
     per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
     total = steps if steps is not None else (epochs or 1) * per_epoch
-    targets, done, skipped = ({}, [], []) if method == "dense" else find_targets(model, spec, tuple(ignore))
+    targets, done, skipped = (
+        ({}, [], []) if method == "dense" else find_targets(model, spec, tuple(ignore))
+    )
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     mod = to_torch(model)
@@ -284,11 +326,16 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
     else:
         opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, (lambda j: 0.5 * (1 + math.cos(math.pi * j / total))) if lr_schedule == "cosine" else (lambda j: 1.0)
+        opt,
+        (lambda j: 0.5 * (1 + math.cos(math.pi * j / total)))
+        if lr_schedule == "cosine"
+        else (lambda j: 1.0),
     )
     inputs = {k_: torch.from_numpy(v) for k_, v in train.inputs.items()}
     labels = None if train.labels is None else torch.from_numpy(train.labels)
-    targets_t = None if teacher is None else [torch.from_numpy(np.ascontiguousarray(t)) for t in teacher]
+    targets_t = (
+        None if teacher is None else [torch.from_numpy(np.ascontiguousarray(t)) for t in teacher]
+    )
     history: list[dict[str, Any]] = []
     step = epoch = 0
     mod.train()  # Dropout active, BatchNormalization statistics updated (as torch fine-tuning does)
@@ -305,18 +352,28 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
             try:
                 outs = mod(**{name: v[idx] for name, v in inputs.items()})
             except RuntimeError as e:  # the interpreter names the node
-                raise SpaNmError(f"{source}: the torch forward pass failed: {str(e).splitlines()[0][:300]}") from e
+                raise SpaNmError(
+                    f"{source}: the torch forward pass failed: {str(e).splitlines()[0][:300]}"
+                ) from e
             if labels is not None:
                 logits = outs[0].float()
                 if logits.ndim != 2 or logits.shape[1] <= int(labels.max()):
-                    raise InputError(f"{train.source}: labels go up to {int(labels.max())}, the first output has shape {list(logits.shape)}")
+                    raise InputError(
+                        f"{train.source}: labels go up to {int(labels.max())}, the first output has shape {list(logits.shape)}"
+                    )
                 loss = torch.nn.functional.cross_entropy(logits, labels[idx])
                 correct += int((logits.argmax(1) == labels[idx]).sum())
             else:
-                terms = [torch.nn.functional.mse_loss(o.float(), t[idx].float()) for o, t in zip(outs, targets_t, strict=True) if t.dtype.is_floating_point]
+                terms = [
+                    torch.nn.functional.mse_loss(o.float(), t[idx].float())
+                    for o, t in zip(outs, targets_t, strict=True)
+                    if t.dtype.is_floating_point
+                ]
                 loss = torch.stack(terms).mean()
             if not torch.isfinite(loss):
-                raise SpaNmError(f"training diverged at step {step} (loss {loss.item()}); lower the learning rate")
+                raise SpaNmError(
+                    f"training diverged at step {step} (loss {loss.item()}); lower the learning rate"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -326,7 +383,12 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
             loss_sum += loss.item() * len(idx)
             seen += len(idx)
         epoch += 1
-        entry = {"epoch": epoch, "step": step, "loss": round(loss_sum / max(seen, 1), 6), "sad": int(sum(sp.sad[sad0:]))}
+        entry = {
+            "epoch": epoch,
+            "step": step,
+            "loss": round(loss_sum / max(seen, 1), 6),
+            "sad": int(sum(sp.sad[sad0:])),
+        }
         if labels is not None:
             entry["train_accuracy"] = round(correct / max(seen, 1), 6)
         history.append(entry)
@@ -359,7 +421,9 @@ def _check_exported(model: ir.Model, targets: dict[str, int], spec: NMSpec) -> f
     for name, axis in targets.items():
         w = model.graph.initializers[name].const_value.numpy()
         if not check_nm(w, axis, spec):
-            raise SpaNmError(f"internal error: exported weight {name!r} is not {spec} along axis {axis}")
+            raise SpaNmError(
+                f"internal error: exported weight {name!r} is not {spec} along axis {axis}"
+            )
         zeros += w.size - int(np.count_nonzero(w))
         total += w.size
     return round(zeros / total, 4) if total else 0.0

@@ -70,7 +70,16 @@ __all__ = [
     "stepwise_frames",
 ]
 
-METHODS = ("dense", "oneshot", "fixed", "sr-ste", "mdgf-linear", "mdgf-exp", "sdgf", "sdgf-geometric")
+METHODS = (
+    "dense",
+    "oneshot",
+    "fixed",
+    "sr-ste",
+    "mdgf-linear",
+    "mdgf-exp",
+    "sdgf",
+    "sdgf-geometric",
+)
 PGF_METHODS = ("mdgf-linear", "mdgf-exp", "sdgf", "sdgf-geometric")
 SRSTE_LAMBDA = 2e-4  # METHODS.md §2.2 [V]
 EPSILON = 1e-3  # D(j*) for mdgf-exp, METHODS.md §2.4 [D]
@@ -105,7 +114,9 @@ class Phases:
         return "sparse" if step < self.dense + self.sparse else "final"
 
 
-def phases(total: int, method: str, dense_frac: float | None = None, final_frac: float | None = None) -> Phases:
+def phases(
+    total: int, method: str, dense_frac: float | None = None, final_frac: float | None = None
+) -> Phases:
     """Split ``total`` steps into T_d + T_s + T_f (METHODS.md §2.4, defaults §2.6).
 
     PGF methods default to T_d = 5 % and T_f = 15 % of T (each at least one step when its fraction
@@ -125,7 +136,9 @@ def phases(total: int, method: str, dense_frac: float | None = None, final_frac:
     dense_frac = dd if dense_frac is None else float(dense_frac)
     final_frac = ff if final_frac is None else float(final_frac)
     if not (0 <= dense_frac < 1 and 0 <= final_frac < 1 and dense_frac + final_frac < 1):
-        raise ConfigError(f"phase fractions dense={dense_frac}, final={final_frac}: need each in [0, 1) and a sum below 1")
+        raise ConfigError(
+            f"phase fractions dense={dense_frac}, final={final_frac}: need each in [0, 1) and a sum below 1"
+        )
     td, tf = round(dense_frac * total), round(final_frac * total)
     if total >= 3:
         td = max(td, 1) if dense_frac > 0 else td
@@ -188,7 +201,9 @@ def stepwise_frames(spec: NMSpec) -> list[NMSpec]:
     return [NMSpec(n, spec.m) for n in ns]
 
 
-def geometric_frames(spec: NMSpec, k: int = DEFAULT_GEOMETRIC_K, size: int | None = None) -> tuple[list[NMSpec], int]:
+def geometric_frames(
+    spec: NMSpec, k: int = DEFAULT_GEOMETRIC_K, size: int | None = None
+) -> tuple[list[NMSpec], int]:
     """SDGF Geometric frames (METHODS.md §2.5): (kN/2^d):(kM/2^d), d = 0 … log₂k, and the k used.
 
     With ``size`` (the reduction size K of the layer), k falls back to the largest power of two
@@ -213,7 +228,9 @@ def geometric_frames(spec: NMSpec, k: int = DEFAULT_GEOMETRIC_K, size: int | Non
     return frames, kk
 
 
-def frames_for(method: str, spec: NMSpec, size: int, k: int = DEFAULT_GEOMETRIC_K) -> tuple[list[NMSpec], int | None]:
+def frames_for(
+    method: str, spec: NMSpec, size: int, k: int = DEFAULT_GEOMETRIC_K
+) -> tuple[list[NMSpec], int | None]:
     """The frames a layer of reduction size ``size`` goes through during the sparse phase,
     and the geometric k' it uses (None for non-geometric methods). Non-SDGF methods: [spec]."""
     if method == "sdgf":
@@ -235,7 +252,9 @@ def frame_index(j: int, sparse_steps: int, n_frames: int) -> int:
     return min(max(j, 0) * n_frames // sparse_steps, n_frames - 1)
 
 
-def find_targets(model: Any, spec: NMSpec, ignore: tuple[str, ...] = ()) -> tuple[dict[str, int], list[dict[str, Any]], list[dict[str, Any]]]:
+def find_targets(
+    model: Any, spec: NMSpec, ignore: tuple[str, ...] = ()
+) -> tuple[dict[str, int], list[dict[str, Any]], list[dict[str, Any]]]:
     """The weights `spa_nm.sparsify` would mask, as {initializer name: reduction axis}.
 
     Uses sparsify's own selection (Conv/ConvTranspose/Gemm/MatMul weight initializers from the
@@ -414,7 +433,9 @@ class NMSparsifier:
                 out[name] = "dense"
             elif where == "sparse":
                 fr = self.frames[name]
-                out[name] = str(fr[frame_index(self.step - self.phases.dense, self.phases.sparse, len(fr))])
+                out[name] = str(
+                    fr[frame_index(self.step - self.phases.dense, self.phases.sparse, len(fr))]
+                )
             else:
                 out[name] = str(self.spec)
         return out
@@ -458,7 +479,11 @@ class NMSparsifier:
     def final_masks(self) -> dict[str, np.ndarray]:
         """Hard target masks to export (§2.4 Export): Φ(W; N, M) of the final weights, or the
         fixed mask for ``fixed`` / ``oneshot``. Boolean arrays keyed by initializer name."""
-        src = self._fixed if self.method in ("fixed", "oneshot") else {n: self._target_mask(n) for n in self.axes}
+        src = (
+            self._fixed
+            if self.method in ("fixed", "oneshot")
+            else {n: self._target_mask(n) for n in self.axes}
+        )
         return {name: src[name].detach().cpu().numpy().astype(bool) for name in self.axes}
 
     def describe(self) -> dict[str, Any]:
@@ -466,7 +491,11 @@ class NMSparsifier:
         out: dict[str, Any] = {
             "method": self.method,
             "pattern": str(self.spec),
-            "phases": {"dense": self.phases.dense, "sparse": self.phases.sparse, "final": self.phases.final},
+            "phases": {
+                "dense": self.phases.dense,
+                "sparse": self.phases.sparse,
+                "final": self.phases.final,
+            },
         }
         if self.method == "sr-ste":
             out["lambda_w"] = self.lambda_w
