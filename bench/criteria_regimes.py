@@ -358,6 +358,12 @@ def write_md(path: Path, meta: dict, agg: list[dict], lines: list[str], ratios) 
         "",
         *meta.get("notes", []),
     ]
+    if meta.get("interpretation"):  # written by hand into the .json after the run (--replot)
+        out += [
+            "## Interpretation (written after this run; revise it when rerunning)",
+            "",
+            *meta["interpretation"],
+        ]
     for ds, model in sorted({(a["dataset"], a["model"]) for a in agg}):
         dense = _cell(agg, ds, model, "dense", 0.0)
         out += [
@@ -388,10 +394,12 @@ def plot(path: Path, agg: list[dict]) -> bool:
     except ImportError:
         return False
     cells = sorted({(a["dataset"], a["model"]) for a in agg})
-    fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4.5), squeeze=False)
+    cols = min(2, len(cells))
+    rows = -(-len(cells) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.5 * cols, 5 * rows + 1.2), squeeze=False)
     methods = sorted({a["method"] for a in agg if a["method"] != "dense"})
     cmap = plt.get_cmap("tab20")
-    for ax, (ds, model) in zip(axes[0], cells, strict=True):
+    for ax, (ds, model) in zip(axes.flat, cells, strict=False):
         for k, m in enumerate(methods):
             pts = sorted((a["param_ratio"], a["acc_mean"], a["acc_std"]) for a in agg
                          if (a["dataset"], a["model"], a["method"]) == (ds, model, m))  # fmt: skip
@@ -406,10 +414,26 @@ def plot(path: Path, agg: list[dict]) -> bool:
         ax.set_xlabel("parameters kept (fraction)")
         ax.set_ylabel("validation accuracy")
         ax.set_ylim(0, 1.02)
-    axes[0][-1].legend(fontsize=6, loc="lower right", ncol=2)
+    for ax in list(axes.flat)[len(cells) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.tight_layout()
+    fig.subplots_adjust(bottom=0.17)
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=6, bbox_to_anchor=(0.5, 0.0))
     fig.savefig(path, dpi=110)
     return True
+
+
+def replot(path: Path) -> int:
+    """The .md and .png of a recorded run (its .json), without running anything."""
+    rec = json.loads(path.read_text())
+    meta, agg = rec["meta"], rec["summary"]
+    ratios = sorted({a["ratio"] for a in agg if a["method"] != "dense"})
+    crits = [c for c in CRITERIA if any(a["method"] == f"R2 {c} + FT" for a in agg)]
+    stem = path.with_suffix("")
+    plot(stem.with_suffix(".png"), agg)
+    write_md(stem.with_suffix(".md"), meta, agg, reading(agg, ratios, crits), ratios)
+    return 0
 
 
 def _per_dataset(text: str) -> dict[str, int]:
@@ -443,7 +467,12 @@ def main() -> int:
         "--quick", action="store_true", help="one seed, ratio 0.5, 2 epochs: a smoke run"
     )
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    p.add_argument(
+        "--replot", metavar="JSON", help="rewrite the .md and .png from a recorded .json"
+    )
     args = p.parse_args()
+    if args.replot:
+        return replot(Path(args.replot))
     args.ratios = [float(r) for r in args.ratios.split(",")]
     args.epochs, args.ft_epochs = _per_dataset(args.epochs), _per_dataset(args.ft_epochs)
     args.ft_criteria = [c for c in args.ft_criteria.split(",") if c]
