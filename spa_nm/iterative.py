@@ -89,6 +89,8 @@ def prune_iterative(
         raise ConfigError("fine-tuning between pruning steps needs data (--data)")
     if finetune and not finetune_epochs:
         raise ConfigError("fine-tuning options given without fine-tuning epochs")
+    if prune_kw.get("groups") is not None and steps > 1:
+        raise ConfigError("group ids change between rounds: restrict groups with one step only")
     for pat, r in ratio_for:
         if not (isinstance(r, int | float) and 0 <= r < 1) or math.isnan(r):
             raise ConfigError(f"ratio for {pat!r} must be in [0, 1), got {r}")

@@ -216,6 +216,8 @@ def test_k_steps_with_finetuning(tmp_path):
     assert res.report["channels_removed"] == plain.report["channels_removed"] == 48
     with pytest.raises(ConfigError, match="needs data"):
         spa_nm.prune(m, 0.5, steps=2, finetune_epochs=1)
+    with pytest.raises(ConfigError, match="group ids change"):
+        spa_nm.prune(m, 0.5, steps=2, groups=[0])
 
 
 # -- re-initialisation ----------------------------------------------------------------------
