@@ -372,3 +372,16 @@ def test_geometric_fallback_is_reported(tmp_path, mlp_path, data_path, capsys):
     sched = json.loads(rep_path.read_text())["schedule"]
     assert sched["geometric_k"] == {"w1": 2, "w2": 4}
     assert sched["frames"] == {"w1": ["2:16", "1:8"], "w2": ["4:32", "2:16", "1:8"]}
+
+
+@pytest.mark.parametrize("method", ["sr-ste", "mdgf-exp", "dense"])
+def test_on_epoch_reports_validation_accuracy_as_exported(mlp_path, data_path, method):
+    """Each epoch reports loss and validation accuracy with the hard target masks; the last one
+    equals onnxruntime's accuracy on the written-back model."""
+    seen = []
+    model, rep = finetune(spa_nm.load(mlp_path), data_path, method=method, pattern="1:4", epochs=3,
+                          batch_size=32, seed=0, on_epoch=seen.append)  # fmt: skip
+    assert [e["epoch"] for e in seen] == [1, 2, 3]
+    assert all(e["epochs"] == 3 and np.isfinite(e["loss"]) for e in seen)
+    assert seen[-1]["val_accuracy"] == pytest.approx(rep["val"]["after"]["accuracy"], abs=1e-9)
+    assert [e["val_accuracy"] for e in rep["history"]] == [e["val_accuracy"] for e in seen]

@@ -25,7 +25,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,7 @@ def finetune(
     dense_frac: float | None = None,
     final_frac: float | None = None,
     source: str | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[ir.Model, dict[str, Any]]:
     """Fine-tune ``model`` on ``data`` with ``method`` and return (new model, report).
 
@@ -143,6 +144,9 @@ def finetune(
         ignore: node names or wildcards left dense (as in `spa_nm.sparsify`).
         lambda_w, beta, k, dense_frac, final_frac: schedule options, see `NMSparsifier`.
         source: how errors name the model (its file); default the graph's name.
+        on_epoch: called after every epoch with its history entry (``epoch``, ``epochs``,
+            ``step``, ``loss``, ``sad``, and with labels ``train_accuracy`` and
+            ``val_accuracy``: torch, hard target masks applied); a progress bar hooks here.
 
     Raises:
         ConfigError: bad option, or torch missing. InputError: data that does not fit the model.
@@ -198,7 +202,7 @@ def finetune(
                 epochs=epochs, steps=steps, lr=lr, batch_size=batch_size, optimizer=optimizer,
                 weight_decay=weight_decay, momentum=momentum, lr_schedule=lr_schedule, seed=seed,
                 ignore=ignore, lambda_w=lambda_w, beta=beta, k=k, dense_frac=dense_frac, final_frac=final_frac,
-                source=source or model.graph.name or "<model>",
+                source=source or model.graph.name or "<model>", valid=valid, on_epoch=on_epoch,
             )  # fmt: skip
             report.update(train_rep)
         report["sparsity"] = _check_exported(new, targets, spec)
@@ -207,6 +211,38 @@ def finetune(
     report["val"] = {"before": before, "after": after}
     report["seconds"] = round(time.perf_counter() - t0, 3)
     return new, report
+
+
+def _torch_accuracy(mod, sp, valid: Dataset, batch_size: int, fixed_batch: bool) -> float:
+    """Validation accuracy of the module as it would be exported: the hard target masks
+    replace the schedule's transforms for the pass (METHODS.md §2.6: the authors' code
+    validated with the soft mask; we do not)."""
+    torch = _torch()
+    saved = dict(mod.weight_transforms)
+    masks = {k: torch.from_numpy(np.asarray(m)) for k, m in (sp.final_masks() or {}).items()}
+    mod.weight_transforms.clear()
+    for name, m in masks.items():
+        mod.weight_transforms[name] = lambda w, m=m: w * m.to(w.dtype)
+    was_training = mod.training
+    mod.eval()
+    correct = seen = 0
+    try:
+        with torch.no_grad():
+            n = len(valid)
+            for s in range(0, n, batch_size):
+                idx = slice(s, s + batch_size)
+                feeds = {k: torch.from_numpy(v[idx]) for k, v in valid.inputs.items()}
+                m = len(next(iter(feeds.values())))
+                if fixed_batch and m < batch_size:  # pad a static batch, count the real rows
+                    feeds = {k: torch.cat([v, v[-1:].expand(batch_size - m, *v.shape[1:])]) for k, v in feeds.items()}
+                logits = mod(**feeds)[0][:m]
+                correct += int((logits.argmax(1).numpy() == valid.labels[idx]).sum())
+                seen += m
+    finally:
+        mod.weight_transforms.clear()
+        mod.weight_transforms.update(saved)
+        mod.train(was_training)
+    return correct / max(seen, 1)
 
 
 def _check_labels(model: ir.Model, train: Dataset, valid: Dataset) -> int | None:
@@ -294,7 +330,8 @@ def evaluate(
 
 
 def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, steps, lr, batch_size, optimizer,
-           weight_decay, momentum, lr_schedule, seed, ignore, lambda_w, beta, k, dense_frac, final_frac, source):  # fmt: skip
+           weight_decay, momentum, lr_schedule, seed, ignore, lambda_w, beta, k, dense_frac, final_frac, source,
+           valid=None, on_epoch=None):  # fmt: skip
     torch = _torch()
     from spa_nm.train import to_torch, write_back
 
@@ -391,7 +428,11 @@ def _train(model, train: Dataset, teacher, spec, method, n_classes, *, epochs, s
         }
         if labels is not None:
             entry["train_accuracy"] = round(correct / max(seen, 1), 6)
+            if valid is not None and valid.labels is not None:
+                entry["val_accuracy"] = round(_torch_accuracy(mod, sp, valid, batch_size, drop_last), 6)
         history.append(entry)
+        if on_epoch is not None:
+            on_epoch({**entry, "epochs": math.ceil(total / max(per_epoch, 1))})
         log.info("epoch %d (step %d/%d): loss %.4f", epoch, step, total, entry["loss"])
     mod.eval()
     masks = sp.final_masks() or None
