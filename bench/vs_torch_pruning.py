@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -59,7 +60,15 @@ def transformer_cases():
         m = tf.SwinForImageClassification(cfg).eval()
         return m, (torch.randn(1, 3, 32, 32),), "pixel_values"
 
-    return {"gpt2-tiny": gpt2, "bert-tiny": bert, "vit-tiny": vit, "swin-tiny": swin}
+    def llama():  # RMSNorm, rotary, SwiGLU, grouped-query attention (eager: the legacy exporter
+        # cannot convert SDPA with grouped K/V heads)
+        cfg = tf.LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=256, max_position_embeddings=64,
+                             attn_implementation="eager")  # fmt: skip
+        m = tf.LlamaForCausalLM(cfg).eval()
+        return m, (torch.randint(0, 256, (1, 32)),), "input_ids"
+
+    return {"gpt2-tiny": gpt2, "bert-tiny": bert, "vit-tiny": vit, "swin-tiny": swin, "llama-tiny": llama}
 
 
 def wrap(model):
@@ -85,19 +94,48 @@ def export(model, args, path: Path) -> Path:
     return path
 
 
-def run_ours(src: Path, dst: Path, ratio: float, global_ranking: bool) -> dict:
+def run_ours(src: Path, dst: Path, ratio: float, global_ranking: bool, approximate: bool = False) -> dict:
     import spa_nm
 
     model = spa_nm.load(src)
     tracemalloc.start()
     t = time.perf_counter()
     # round_to=1: Torch-Pruning's default (no rounding), so both tools remove the same counts
-    res = spa_nm.prune(model, ratio, "l2", global_ranking=global_ranking, round_to=1)
+    res = spa_nm.prune(model, ratio, "l2", global_ranking=global_ranking, round_to=1, allow_approximate=approximate)
     secs = time.perf_counter() - t
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     spa_nm.save(res.model, dst)
-    return {"seconds": secs, "peak_mb": peak / 2**20, "path": dst, "note": f"{res.report['groups_pruned']}/{res.report['groups_total']} groups pruned"}
+    note = f"{res.report['groups_pruned']}/{res.report['groups_total']} groups pruned"
+    heads = _heads(res)
+    if heads:
+        note += f"; attention heads {heads[0]} → {heads[1]}"
+    if approximate and "approximate" in res.report:
+        err = res.report["approximate"]["error"]
+        note += f"; residual stream approximate: max abs error {err['max_abs']:.3g} (outputs up to {err['max_abs_reference']:.3g})"
+    return {"seconds": secs, "peak_mb": peak / 2**20, "path": dst, "note": note}
+
+
+def _heads(res) -> tuple[int, int] | None:
+    """Total head count of the attention-score MatMuls ([B, H, T, T], two activations) before
+    and after pruning, or None for a model without attention."""
+
+    def after_softmax(v, depth=0):  # attention·V reads the probabilities
+        p = v.producer()
+        return p is not None and depth < 4 and (p.op_type == "Softmax" or (
+            p.op_type in ("Where", "Cast", "Dropout", "Reshape") and any(after_softmax(i, depth + 1) for i in p.inputs if i is not None)))  # fmt: skip
+
+    def count(model):
+        n = 0
+        for node in model.graph:
+            shape = node.outputs[0].shape if node.outputs else None
+            if (node.op_type == "MatMul" and all(v.const_value is None for v in node.inputs) and shape is not None
+                    and len(shape) == 4 and shape[-1] == shape[-2] and not after_softmax(node.inputs[0])):  # fmt: skip
+                n += int(shape[1])
+        return n
+
+    before, after = count(res.source), count(res.model)
+    return (before, after) if before else None
 
 
 def run_tp(net, args, dst: Path, ratio: float, global_ranking: bool, ignored) -> dict:
@@ -115,6 +153,10 @@ def run_tp(net, args, dst: Path, ratio: float, global_ranking: bool, ignored) ->
     return {"seconds": secs, "peak_mb": peak / 2**20, "path": dst, "note": ""}
 
 
+def _timeout(signum, frame):
+    raise TimeoutError("did not finish in the time limit (--tp-timeout)")
+
+
 def counts(path: Path) -> tuple[int, int]:
     import spa_nm
     from spa_nm.metrics import count
@@ -127,9 +169,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--iters", type=int, default=100)
-    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--only", nargs="*", default=None, help="run these models; rows of the others are kept from the results file")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--tp-timeout", type=int, default=300, help="seconds Torch-Pruning may take per model")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
     args = ap.parse_args()
+    if args.render:
+        data = json.loads((args.out / "vs_torch_pruning.json").read_text())
+        write_md(data["rows"], data["machine"], data["machine"].get("iters", args.iters), args.out)
+        return 0
     import copy
 
     import torch
@@ -158,15 +206,21 @@ def main() -> int:
                 src = export(net, inputs, tmp / f"{name}.onnx")
                 p0, m0 = counts(src)
                 row = {"model": name, "ranking": "global" if glob else "uniform", "params": p0, "macs": m0}
-                for tool in ("spa_nm", "torch-pruning"):
+                tools = ("spa_nm", "spa_nm-approx", "torch-pruning") if name in transformer_cases() else ("spa_nm", "torch-pruning")
+                for tool in tools:
                     dst = tmp / f"{name}_{tool}_{int(glob)}.onnx"
                     try:
-                        if tool == "spa_nm":
-                            r = run_ours(src, dst, args.ratio, glob)
+                        if tool.startswith("spa_nm"):
+                            r = run_ours(src, dst, args.ratio, glob, approximate=tool == "spa_nm-approx")
                         else:
                             tnet = copy.deepcopy(net)
                             last = [m for m in tnet.modules() if isinstance(m, torch.nn.Linear)][-1:]
-                            r = run_tp(tnet, inputs, dst, args.ratio, glob, last)
+                            signal.signal(signal.SIGALRM, _timeout)
+                            signal.alarm(args.tp_timeout)  # a tool that does not return is a result too
+                            try:
+                                r = run_tp(tnet, inputs, dst, args.ratio, glob, last)
+                            finally:
+                                signal.alarm(0)
                         pa, ma = counts(dst)
                         open_session(dst, "cpu")  # the result must still run
                         row[tool] = {"seconds": round(r["seconds"], 3), "peak_mb": round(r["peak_mb"], 1),
@@ -175,11 +229,11 @@ def main() -> int:
                     except Exception as e:  # a crash is a result
                         row[tool] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
                         traceback.print_exc(limit=1)
-                paths = [src] + [Path(row[t]["path"]) for t in ("spa_nm", "torch-pruning") if "path" in row[t]]
+                paths = [src] + [Path(row[t]["path"]) for t in tools if "path" in row[t]]
                 lat = bench(paths, "cpu", 1, 1, 10, args.iters)
                 row["latency_ms"] = round(lat[0].median_ms, 4)
                 k = 1
-                for t in ("spa_nm", "torch-pruning"):
+                for t in tools:
                     if "path" in row[t]:
                         row[t]["latency_ms"] = round(lat[k].median_ms, 4)
                         del row[t]["path"]
@@ -187,9 +241,27 @@ def main() -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     info = {"date": f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M UTC}", "platform": platform.platform(),
-            "torch_pruning": tp.__version__, "torch": torch.__version__, "ratio": args.ratio}  # fmt: skip
+            "torch_pruning": tp.__version__, "torch": torch.__version__, "ratio": args.ratio, "iters": args.iters}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
+    old = args.out / "vs_torch_pruning.json"
+    if args.only and old.exists():  # keep the other models' rows (and say when they ran)
+        prev = json.loads(old.read_text())
+        ran = {r["model"] for r in rows}
+        kept = [r for r in prev["rows"] if r["model"] not in ran]
+        for r in kept:
+            r.setdefault("date", prev["machine"]["date"])
+        for r in rows:
+            r["date"] = info["date"]
+        order = list(dict.fromkeys([r["model"] for r in prev["rows"]] + [r["model"] for r in rows]))
+        rows = sorted(kept + rows, key=lambda r: (order.index(r["model"]), r["ranking"] != "uniform"))
     (args.out / "vs_torch_pruning.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    write_md(rows, info, args.iters, args.out)
+    return 0
+
+
+def write_md(rows: list[dict], info: dict, iters: int, out: Path) -> None:
+    """``vs_torch_pruning.md`` from the rows (``--render`` redoes it from the JSON)."""
+    args = argparse.Namespace(ratio=info["ratio"], iters=iters)
     lines = [
         f"# spa_nm vs Torch-Pruning {info['torch_pruning']} at ratio {args.ratio} (group L2)",
         "",
@@ -197,22 +269,28 @@ def main() -> int:
         f"1 thread, batch 1, original and both results interleaved, median of {args.iters} runs. Params and MACs of "
         "both results are counted by the same counter on the exported ONNX files. Both tools run "
         "without channel rounding (spa_nm --round-to 1, Torch-Pruning's default); spa_nm's own "
-        "default of 8 avoids the global-ranking slow-downs seen below (see README).",
+        "default of 8 avoids the global-ranking slow-downs seen below (see README). "
+        "`spa_nm` prunes exactly (zero-group oracle); `spa_nm-approx` adds the residual stream "
+        "through LayerNorm/RMSNorm (`--allow-approximate`, error measured on random inputs), as "
+        "Torch-Pruning does. With `--only`, the other models' rows are kept from the previous run "
+        "(each row's `date` in the JSON says when it ran).",
         "",
         "| model | ranking | tool | prune s | peak MB | params after/before | MACs after/before | latency ms (original → pruned) | note |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        for t in ("spa_nm", "torch-pruning"):
+        for t in ("spa_nm", "spa_nm-approx", "torch-pruning"):
+            if t not in r:
+                continue
             x = r[t]
             if "error" in x:
-                lines.append(f"| {r['model']} | {r['ranking']} | {t} | – | – | – | – | – | **crashed**: {x['error']} |")
+                what = "did not finish" if x["error"].startswith("TimeoutError") else "crashed"
+                lines.append(f"| {r['model']} | {r['ranking']} | {t} | – | – | – | – | – | **{what}**: {x['error']} |")
             else:
                 lines.append(f"| {r['model']} | {r['ranking']} | {t} | {x['seconds']} | {x['peak_mb']} | {x['params_ratio']} | "
                              f"{x['macs_ratio']} | {r['latency_ms']} → {x['latency_ms']} | {x['note']} |")  # fmt: skip
-    (args.out / "vs_torch_pruning.md").write_text("\n".join(lines) + "\n")
+    (out / "vs_torch_pruning.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

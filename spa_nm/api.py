@@ -263,12 +263,15 @@ def _blocked_list(dg: DependencyGraph) -> list[dict[str, str]]:
     return out
 
 
-def inspect(model: ir.Model) -> dict[str, Any]:
+def inspect(
+    model: ir.Model, *, attention: str = "heads", allow_approximate: bool = False
+) -> dict[str, Any]:
     """Groups, blocked ops with reasons, params and MACs per op type, and where the parameters
     are: ``params_prunable`` / ``prunable_fraction`` (parameters of initializers that lose
     entries when some prunable group is pruned) and ``held_back`` (the other parameters, by the
-    reason their groups are blocked, largest first)."""
-    dg = analyze(model)
+    reason their groups are blocked, largest first). ``attention`` and ``allow_approximate``
+    are `prune`'s."""
+    dg = analyze(model, attention=attention, allow_approximate=allow_approximate)
     c = count(dg.view.model, dg.view)
     prunable, held = _param_accounting(dg)
     total = sum(prunable.values()) + sum(n for by in held.values() for n in by.values())

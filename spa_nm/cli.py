@@ -85,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pi.add_argument("model", help="an ONNX file")
     pi.add_argument("--json", action="store_true", help="print JSON instead of text")
+    pi.add_argument(
+        "--attention",
+        choices=("heads", "head_dim"),
+        default="heads",
+        help="group attention by whole heads (default) or by head-dim indices",
+    )
+    pi.add_argument(
+        "--allow-approximate",
+        action="store_true",
+        help="count groups whose removal is not exact (LayerNorm/RMSNorm residual streams) as prunable",
+    )
 
     pp = sub.add_parser(
         "prune",
@@ -430,7 +441,7 @@ def _inspect(args) -> int:
     from spa_nm.report import format_count
 
     model = api.load(args.model)
-    info = api.inspect(model)
+    info = api.inspect(model, attention=args.attention, allow_approximate=args.allow_approximate)
     info["model"] = args.model
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -448,7 +459,7 @@ def _inspect(args) -> int:
         for h in info["held_back"][:8]:
             print(f"  {format_count(h['params']):>8}  {h['op']}: {h['reason']}")
     for g in info["groups"]:
-        state = "prunable" if g["prunable"] else "blocked"
+        state = ("approx." if g.get("approximate") else "prunable") if g["prunable"] else "blocked"
         ops = ", ".join(g["nodes"][:6]) + (" ..." if len(g["nodes"]) > 6 else "")
         print(f"  #{g['id']:<4} {g['size']:>6} ch  {state:<8}  {ops}")
         if not g["prunable"] and g["blocked"]:

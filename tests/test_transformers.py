@@ -199,5 +199,30 @@ def test_dynamic_batch_and_sequence(export_dir, name, exporter):
     assert not isinstance(res.model.graph.inputs[0].shape[1], int)
 
 
+def test_cli_flags(export_dir, tmp_path, capsys):
+    """``spa-nm prune --attention head_dim`` and ``--allow-approximate`` reach the pipeline;
+    the report carries the approximate groups and their measured error."""
+    import json
+
+    from spa_nm.cli import main
+
+    src = str(cached_export("gpt2_tiny", "legacy", export_dir))
+    rep = tmp_path / "r.json"
+    assert main(["prune", src, "-o", str(tmp_path / "a.onnx"), "--ratio", "0.25", "--round-to", "1",
+                 "--allow-approximate", "--report", str(rep)]) == 0  # fmt: skip
+    entry = json.loads(rep.read_text())["models"][0]
+    assert entry["approximate"]["error"]["measured"] and entry["approximate"]["groups"]
+    assert "approximate group(s) pruned" in capsys.readouterr().out
+    assert main(["prune", src, "-o", str(tmp_path / "b.onnx"), "--ratio", "0.25", "--attention", "head_dim",
+                 "--report", str(rep)]) == 0  # fmt: skip
+    entry = json.loads(rep.read_text())["models"][0]
+    assert "approximate" not in entry and entry["groups_pruned"] > 0
+    with pytest.raises(SystemExit) as e:
+        main(
+            ["prune", src, "-o", str(tmp_path / "c.onnx"), "--ratio", "0.25", "--attention", "rows"]
+        )
+    assert e.value.code == 2
+
+
 def test_zoo_names():
     assert set(FAMILIES) <= set(TRANSFORMERS)

@@ -198,7 +198,8 @@ def expand(node, ctx: RuleContext) -> OpFacts:
         return block(ctx, "shapes are unknown")
     shift = len(ys) - len(xs)
     amap = {a: a + shift for a in range(len(xs)) if xs[a] == ys[a + shift] and xs[a] != 1}
-    if not map_axes(ctx, x, y, amap, facts, what="Expand broadcasts it"):
+    what = "Expand broadcasts it: its copies share one input entry, as a K/V head read by several query heads does"
+    if not map_axes(ctx, x, y, amap, facts, what=what):
         return facts
     if ctx.const(shape) is None:
         # repeat_kv with a dynamic batch: Concat(Shape(x)[:1], [kv_heads, n_rep], ...); target
