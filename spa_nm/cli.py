@@ -317,14 +317,14 @@ def _add_finetune_parser(sub, common) -> None:
     pf.add_argument("--data", required=True, metavar="TRAIN.npz", help="training arrays (see below)")
     pf.add_argument("--val", metavar="VAL.npz", help="validation arrays (default: a seeded split of --data, see --val-fraction)")
     pf.add_argument("-o", "--output", required=True, help="output ONNX file")
-    pf.add_argument("--method", choices=METHODS, default="sr-ste", help="training method (default: sr-ste)")
+    pf.add_argument("--method", "--schedule", dest="method", choices=METHODS, default="sr-ste", help="training method (default: sr-ste)")
     pf.add_argument("--pattern", default="2:4", metavar="N:M", help="target N:M pattern (default: 2:4; ignored by dense)")
     budget = pf.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=_positive, help="passes over the training data (default: 1)")
     budget.add_argument("--steps", type=_positive, help="optimizer steps instead of epochs")
     pf.add_argument("--lr", type=_float_arg(0, lo_open=True), default=1e-3, help="learning rate (default: 0.001)")
     pf.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine", help="learning-rate schedule (default: cosine)")
-    pf.add_argument("--batch-size", type=_positive, default=64, help="samples per step (default: 64)")
+    pf.add_argument("--batch-size", "--batch", dest="batch_size", type=_positive, default=64, help="samples per step (default: 64)")
     pf.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer (default: adamw; sgd uses momentum 0.9)")
     pf.add_argument("--weight-decay", type=_float_arg(0), default=0.0, help="weight decay (default: 0)")
     pf.add_argument("--seed", type=int, default=0, help="seed of the initial order, split and torch (default: 0)")
@@ -337,6 +337,28 @@ def _add_finetune_parser(sub, common) -> None:
     pf.add_argument("--dense-frac", type=_float_arg(0, 1), help="share of dense steps first (default: 0.05 for mdgf/sdgf, else 0)")
     pf.add_argument("--final-frac", type=_float_arg(0, 1), help="share of binary target-mask steps last (default: 0.15 for mdgf/sdgf, else 0)")
     pf.add_argument("--report", metavar="FILE.json", help="write a JSON report")
+
+
+class _EpochBar:
+    """A progress bar over epochs with the loss and validation accuracy (a terminal only)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self.bar = desc, None
+
+    def update(self, entry: dict) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=entry["epochs"], desc=self.desc, unit="epoch", file=sys.stderr)
+        post = {"loss": f"{entry['loss']:.4f}"}
+        if "val_accuracy" in entry:
+            post["val_acc"] = f"{entry['val_accuracy']:.4f}"
+        self.bar.set_postfix(post)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _finetune(args) -> int:
@@ -359,14 +381,17 @@ def _finetune(args) -> int:
 
         _torch().set_num_threads(args.threads)
     t0 = time.perf_counter()
+    bar = _EpochBar(args.model) if not args.quiet and sys.stderr.isatty() else None
     new, rep = finetune(
         model, args.data, val=args.val, method=args.method, pattern=spec, epochs=args.epochs,
         steps=args.steps, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, seed=args.seed,
         val_fraction=args.val_fraction, ignore=tuple(args.ignore), lambda_w=args.lambda_w,
         beta=args.beta, k=args.geometric_k, dense_frac=args.dense_frac, final_frac=args.final_frac,
-        source=args.model,
+        source=args.model, on_epoch=bar.update if bar else None,
     )  # fmt: skip
+    if bar:
+        bar.close()
     io.save(new, args.output, inputs=inputs)
     rep = {"input": args.model, "output": args.output, "data": args.data, "status": "ok", **rep}
     if args.report:

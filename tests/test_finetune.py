@@ -385,3 +385,20 @@ def test_on_epoch_reports_validation_accuracy_as_exported(mlp_path, data_path, m
     assert all(e["epochs"] == 3 and np.isfinite(e["loss"]) for e in seen)
     assert seen[-1]["val_accuracy"] == pytest.approx(rep["val"]["after"]["accuracy"], abs=1e-9)
     assert [e["val_accuracy"] for e in rep["history"]] == [e["val_accuracy"] for e in seen]
+
+
+def test_cli_progress_bar_shows_loss_and_val_accuracy(tmp_path, mlp_path, data_path, monkeypatch):
+    """On a terminal, one bar over epochs carries the loss and the validation accuracy."""
+    import io as _io
+
+    class Tty(_io.StringIO):
+        def isatty(self):
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    rc = main(["finetune", str(mlp_path), "--data", str(data_path), "-o", str(tmp_path / "o.onnx"),
+               "--schedule", "sr-ste", "--pattern", "2:4", "--epochs", "2", "--batch", "32"])  # fmt: skip
+    assert rc == 0
+    text = err.getvalue()
+    assert "2/2" in text and "loss=" in text and "val_acc=" in text, text
