@@ -35,6 +35,8 @@ _FOLDABLE = {
     "Floor", "Ceil", "Sqrt", "Max", "Min", "ReduceProd", "Expand", "Abs", "Mod", "Constant",
     "Less", "Greater", "Not", "And", "Or", "Sign", "Tile", "Transpose", "Flatten", "GatherElements",
     "ReduceSum", "ReduceMax", "ReduceMin", "NonZero", "Pow", "Clip",
+    # rotary tables: cos/sin of (inverse frequencies x positions), constant for static shapes
+    "MatMul", "Cos", "Sin",
 }  # fmt: skip
 _MAX_ELEMENTS = 4096
 _MAX_FILL_ELEMENTS = 1 << 28  # 1 GB of float32

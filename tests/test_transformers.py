@@ -96,9 +96,9 @@ def test_head_dim_prunes_exactly(export_dir, name, exporter):
     assert_prune_equivalent(model, res, atol=1e-5)
     for node, shape in _by_kind(res.source, "scores").items():  # heads stay
         assert _by_kind(res.model, "scores")[node][1] == shape[1]
-    # V's head dim halves. GPT-2's fused projection makes Q·Kᵀ's and V's head dims units of
-    # one group, ranked together (V's, read through fewer rows, go first); the rotary embedding
-    # of the legacy Llama export keeps Q·Kᵀ's.
+    # Q·Kᵀ's and V's head dims halve (Llama's in rotary pairs j, j + d/2). GPT-2's fused
+    # projection makes them units of one group, ranked together (V's, read through fewer rows,
+    # go first).
     scores = _by_kind(res.source, "scores")
     qk = {m.name: m.inputs[0].shape[-1] for m in res.source.graph if m.name in scores}
     qk_after = {m.name: m.inputs[0].shape[-1] for m in res.model.graph if m.name in scores}
@@ -108,6 +108,7 @@ def test_head_dim_prunes_exactly(export_dir, name, exporter):
         assert sum(qk_after.values()) + sum(v_after.values()) < sum(qk.values()) + sum(v.values())
     else:
         assert v_after == {n: d // 2 for n, d in v.items()}, (v, v_after)
+        assert qk_after == {n: d // 2 for n, d in qk.items()}, (qk, qk_after)
     assert all(d >= 1 for d in (*qk_after.values(), *v_after.values()))
 
 
