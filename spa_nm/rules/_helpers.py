@@ -313,8 +313,14 @@ def reshape_facts(ctx: RuleContext, x: str, y: str, facts: OpFacts) -> bool:
             facts.blocked.append(block(ctx, "reshape splits a composite channel slot"))
             return False
         handled = split_composites(RestrictedContext(ctx, {}), x, y, amap, facts)
-        in_slots = [s for s in in_slots if s not in handled[x]]
-        out_slots = [s for s in out_slots if s not in handled[y]]
+        # the others keep their axes together (an identity reshape): moved as a whole
+        whole = apart - handled[x] - handled[y]
+        if whole:
+            others = {v: {s for s in ctx.slots(v) if s not in whole} for v in (x, y)}
+            if not map_axes(RestrictedContext(ctx, others), x, y, amap, facts):
+                return False
+        in_slots = [s for s in in_slots if s not in handled[x] and s not in whole]
+        out_slots = [s for s in out_slots if s not in handled[y] and s not in whole]
     for gi, go in groups:
         cin = [s for s in in_slots if set(s.axes) & set(gi)]
         cout = [s for s in out_slots if set(s.axes) & set(go)]

@@ -332,3 +332,18 @@ def test_batched_transpose_through_a_merged_axis_is_unmerged():
     res = check(Case("unmerge", net(body, decl, batch="N"), target="q"))
     assert shape_of(res.model, "s")[1] == 1  # one of two heads
     assert not any(n.name == "Reshape" and n.outputs[0].name == "m" for n in res.model.graph)
+
+
+def test_identity_reshape_keeps_a_head_split():
+    """[2, 36, 2, 4] -> Reshape to the same shape: the (heads, head_dim) slot goes through whole
+    (the legacy exporter writes such reshapes after attention·V)."""
+    body = (
+        f"{_TOKENS} q = MatMul (tok, wq)\n qh = Reshape (q, s4h)\n qi = Reshape (qh, s4h2)\n"
+        f" qm = Reshape (qi, s3m)\n z = MatMul (qm, wo){_BACK}"
+    )
+    decl = (
+        f"{_TOKENS_DECL}, float[8, 8] wq, int64[4] s4h = {{2, 36, 2, 4}}, int64[4] s4h2 = {{2, 36, 2, 4}}, "
+        f"int64[3] s3m = {{2, 36, 8}}, float[8, 8] wo, {_BACK_DECL}"
+    )
+    res = check(Case("idr", net(body, decl), target="q", coupled=("qi",)))
+    assert shape_of(res.model, "qi") == (2, 36, 2, 2)
