@@ -1,4 +1,4 @@
-"""Attention: MatMul between two activations, and the fused attention ops.
+"""Attention: MatMul (and Einsum) between activations, and the fused attention ops.
 
 **MatMul of two activations** (QKᵀ, attention·V; METHODS.md §1.3, "MatMul of two activations"
 row). ``Y[..., m, n] = Σ_k A[..., m, k] · B[..., k, n]`` with numpy broadcasting of the batch
@@ -80,6 +80,13 @@ def batched_matmul(node, ctx: RuleContext) -> OpFacts | Blocked:
     if len(sa) < 2 or len(sb) < 2:
         return block(ctx, "MatMul with a 1-D operand")
     pos, members = _positions(len(sa), len(sb), sa, sb, sy)
+    return _couple(ctx, names, shapes, known, pos, members)
+
+
+def _couple(ctx: RuleContext, names, shapes, known, pos, members) -> OpFacts | Blocked:
+    """Link every channel slot to the same position on the other members (the last name is
+    the output); composite slots spanning positions collapse per the attention mode."""
+    out = len(names) - 1
     mode = getattr(ctx.view, "attention", "heads")
     facts = OpFacts()
     seen: set[tuple[Slot, Slot]] = set()
@@ -93,7 +100,7 @@ def batched_matmul(node, ctx: RuleContext) -> OpFacts | Blocked:
             return
         seen.add((s1, s2))
         facts.links.append(Link(s1, s2, i1, i2))
-        if t2 == 2:
+        if t2 == out:
             sources.append((t1, s1, s2, i1, i2))
 
     def collapse_axis(t: int, s: Slot) -> int:
@@ -109,16 +116,16 @@ def batched_matmul(node, ctx: RuleContext) -> OpFacts | Blocked:
         dims = [shapes[t][a] for a in s.axes]
         return np.indices(dims)[s.axes.index(collapse_axis(t, s))].reshape(-1)
 
-    for t in range(3):
+    for t in range(len(names)):
         for s in known[t]:
             if any((t, a) not in pos for a in s.axes):
                 return block(ctx, f"channel slot {s} is not an axis of {names[t]}")
             if len(s.axes) > 1 and len({pos[(t, a)] for a in s.axes}) == 1:
-                return block(ctx, f"composite channel slot {s} within one MatMul axis")
+                return block(ctx, f"composite channel slot {s} within one axis of the product")
             ax = collapse_axis(t, s)
             p = pos[(t, ax)]
             if (t, ax) not in members.get(p, []):
-                return block(ctx, f"channel slot {s} is broadcast by the MatMul")
+                return block(ctx, f"channel slot {s} is broadcast by the product")
             digit = digits(t, s)
             for t2, ax2 in members[p]:
                 if t2 == t:
@@ -128,7 +135,7 @@ def batched_matmul(node, ctx: RuleContext) -> OpFacts | Blocked:
                 if any(collapse_axis(t2, o) != ax2 for o in clash):
                     return block(
                         ctx,
-                        f"MatMul operands carry channel slots {s} and {clash[0]} on one axis "
+                        f"operands carry channel slots {s} and {clash[0]} on one axis "
                         "in different ways",
                     )
                 if not clash:
@@ -178,6 +185,77 @@ def _zero_transfer(ctx: RuleContext, sources):
         return {s: np.where(z, 0.0, np.nan) for s, z in out.items()}
 
     return transfer
+
+
+# -- Einsum -------------------------------------------------------------------------------------
+
+
+def _einsum_terms(equation: str, ranks: list[int]) -> tuple[list[list[str]], list[str]] | None:
+    """Tokens per input axis and per output axis; ``...`` becomes right-aligned tokens."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        return None
+    n_ell = 0
+    for term, r in zip(terms, ranks, strict=True):
+        if "..." in term:
+            n_ell = max(n_ell, r - (len(term) - 3))
+
+    def tokens(term: str, r: int | None) -> list[str] | None:
+        if "..." not in term:
+            return list(term)
+        k = n_ell if r is None else r - (len(term) - 3)
+        head, _, tail = term.partition("...")
+        return [*head, *(f"...{i}" for i in range(n_ell - k, n_ell)), *tail]
+
+    ins = [tokens(term, r) for term, r in zip(terms, ranks, strict=True)]
+    if any(tk is None or len(tk) != r for tk, r in zip(ins, ranks, strict=True)):
+        return None
+    if arrow:
+        outs = tokens(rhs, None)
+    else:  # implicit: the ellipsis, then letters that appear once, sorted
+        letters = [c for term in terms for c in term if c.isalpha()]
+        outs = [f"...{i}" for i in range(n_ell)] + sorted(
+            c for c in set(letters) if letters.count(c) == 1
+        )
+    return ins, outs
+
+
+@rule("Einsum", opsets=(12, None))
+def einsum(node, ctx: RuleContext) -> OpFacts | Blocked:
+    """A letter is a position (METHODS.md §1.3, Einsum): contracted letters unify the operands'
+    axes, free letters pass to the output; removing one index of a letter from every operand
+    that carries it at full size is exact, as for MatMul."""
+    names = (*(ctx.input(i) for i in range(len(node.inputs))), ctx.output(0))
+    shapes = tuple(ctx.shape(v) for v in names)
+    known = [ctx.slots(v) for v in names]
+    if not any(known):
+        return OpFacts()
+    if any(v is None for v in names) or any(s is None for s in shapes):
+        return block(ctx, "Einsum with unknown shapes")
+    for t, v in enumerate(names):
+        if any(not isinstance(shapes[t][a], int) for s in known[t] for a in s.axes):
+            return block(ctx, f"channel slot on a dim of unknown size of {v}")
+    parsed = _einsum_terms(str(ctx.attr("equation", "")), [len(s) for s in shapes[:-1]])
+    if parsed is None or len(parsed[1]) != len(shapes[-1]):
+        return block(ctx, "Einsum equation does not match its operands")
+    terms = [*parsed[0], parsed[1]]
+    if any(len(set(tk)) != len(tk) for tk in terms):
+        return block(ctx, "Einsum with a repeated letter in one operand (a diagonal)")
+    size: dict[str, int | str] = {}
+    for tk, s in zip(terms, shapes, strict=True):
+        for letter, d in zip(tk, s, strict=True):
+            if d != 1:
+                size[letter] = d
+    pos, members = {}, {}
+    for t, tk in enumerate(terms):
+        for ax, letter in enumerate(tk):
+            pos[(t, ax)] = (letter, 0)
+            if shapes[t][ax] == 1 and size.get(letter, 1) != 1:
+                continue  # broadcast
+            members.setdefault((letter, 0), []).append((t, ax))
+    return _couple(ctx, names, shapes, known, pos, members)
 
 
 # -- the ONNX Attention op (opset 23) ---------------------------------------------------------

@@ -396,6 +396,12 @@ C = [
         "matmul_activations_batch",
         "t = Transpose <perm = [0, 1, 3, 2]> (c1)\n y = MatMul (c1, t)",
     ),
+    Case("einsum_activations_batch", 'y = Einsum <equation = "bchw,bckw->bchk"> (c1, c1)'),
+    Case(  # the channel letter is contracted: a removed channel drops its own term of the sum
+        "einsum_contracted_channel",
+        'g = Einsum <equation = "bchw,bchw->bhw"> (c1, c1)\n u = Unsqueeze (g, ax)\n y = Mul (c1, u)',
+        decl="int64[1] ax = {1}",
+    ),
     Case(
         "gemm_transa",
         "g = GlobalAveragePool (c1)\n f = Flatten (g)\n ft = Transpose (f)\n z = Gemm <transA = 1> (ft, wg, bg)\n y = Reshape (z, sh)",

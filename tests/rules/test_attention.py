@@ -147,6 +147,41 @@ def test_case(case):
     check(case)
 
 
+def _einsum(body: str) -> str:
+    """Q·Kᵀ and attention·V written as Einsum (K not transposed)."""
+    return body.replace(
+        "s = MatMul (qt, kt)", 's = Einsum <equation = "bhqd,bhkd->bhqk"> (qt, kt)'
+    ).replace("o = MatMul (a, vt)", 'o = Einsum <equation = "bhqk,bhkd->bhqd"> (a, vt)')
+
+
+@pytest.mark.parametrize("mode", ["heads", "head_dim"])
+def test_einsum_attention(mode):
+    body, decl = mha(2, 4, k_style="0213")
+    res = check(
+        Case(
+            "einsum",
+            net(_einsum(body), decl),
+            target="q",
+            coupled=("k",),
+            prune_kw={"attention": mode},
+        )
+    )
+    assert "Einsum" in {n.op_type for n in res.model.graph}
+    if mode == "heads":
+        assert shape_of(res.model, "s") == (2, 1, T, T)
+    else:
+        assert shape_of(res.model, "qt")[3] == 2 and shape_of(res.model, "s") == (2, 2, T, T)
+
+
+def test_einsum_ellipsis_and_implicit_output():
+    body, decl = mha(2, 4, k_style="0213")
+    body = body.replace(
+        "s = MatMul (qt, kt)", 's = Einsum <equation = "...qd,...kd->...qk"> (qt, kt)'
+    ).replace("o = MatMul (a, vt)", 'o = Einsum <equation = "...ik,...kj"> (a, vt)')
+    res = check(Case("einsum_ell", net(body, decl), target="q", coupled=("k", "v")))
+    assert shape_of(res.model, "s") == (2, 1, T, T)
+
+
 def _dims(res, name):
     return shape_of(res.model, name)
 
