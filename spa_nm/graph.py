@@ -433,6 +433,7 @@ def analyze(
                 )
                 blocked_ops.append(b)
                 frozen[p.slot.value].append(b)
+                frozen[p.name].append(b)  # its slices must not form a group of their own
                 continue
             us.append(offsets[ps] + np.arange(slots[ps]))
             vs.append(offsets[p.slot] + idx)
