@@ -210,7 +210,10 @@ def main() -> int:
         "median ms per run, graph optimizations on, 2 threads, random inputs. Peak RSS: the pruning "
         "process (load, inspect, prune, oracle). Oracle: max |pruned − zeroed original| on the same "
         "random feeds, optimizations off. Models that prune nothing are declined with the reasons shown; "
-        "they are unchanged, so their latency ratio shows the measurement noise (other jobs share the cores).",
+        "they are unchanged, so their latency ratio shows the measurement noise (other jobs share the cores). "
+        "MACs are counted with every symbolic or -1 input dim set to 1 (batch 1, and 1x1 images or "
+        "length-1 sequences where those are symbolic too): compare their ratios, not the absolutes "
+        "(latency runs on the random feeds).",
         "",
         "| model | producer | opset | prunable | groups pruned/total | params | MACs | latency ms | prune s | peak MB | oracle | main reasons channels stayed |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
