@@ -14,7 +14,8 @@ import onnx_ir as ir
 from spa_nm.api import PruneResult, copy_model
 from spa_nm.facts import Role
 from spa_nm.io import to_proto_with_data
-from spa_nm.graph import ModelView, _constant_node_value
+from spa_nm.graph import ModelView
+from spa_nm.view import _constant_node_value
 from spa_nm.surgery import _set_constant_node
 
 __all__ = ["assert_prune_equivalent", "random_feeds", "run", "zeroed_copy"]
