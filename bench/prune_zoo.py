@@ -98,6 +98,7 @@ def bench_one(name: str, src: Path, out_dir: Path, ratio: float, iters: int) -> 
     import spa_nm
 
     model = spa_nm.load(src)
+    prunable = spa_nm.inspect(model)["prunable_fraction"]
     secs = []
     for _ in range(3):
         t = time.perf_counter()
@@ -114,6 +115,7 @@ def bench_one(name: str, src: Path, out_dir: Path, ratio: float, iters: int) -> 
     macs_ratio = r["macs_before"] / max(r["macs_after"], 1)
     return {
         "model": name,
+        "prunable": round(prunable, 4),
         "prune_s": round(statistics.median(secs), 4),
         "peak_mb": round(peak / 2**20, 1),
         "params_before": r["params_before"],
@@ -189,12 +191,12 @@ def main() -> int:
         "ResNet-50-size graph, whose convolutions dominate its run time; the prune-time goal "
         "(< 1 s for a ResNet-50-size graph) on the same row.",
         "",
-        "| model | prune s | peak MB | params before → after | MACs before → after | groups pruned/total | latency ms before → after | speed-up | MACs ratio | speed-up / MACs ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | prunable params | prune s | peak MB | params before → after | MACs before → after | groups pruned/total | latency ms before → after | speed-up | MACs ratio | speed-up / MACs ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['prune_s']} | {r['peak_mb']} | {r['params_before']:,} → {r['params_after']:,} | "
+            f"| {r['model']} | {r['prunable']:.0%} | {r['prune_s']} | {r['peak_mb']} | {r['params_before']:,} → {r['params_after']:,} | "
             f"{r['macs_before']:,} → {r['macs_after']:,} | {r['groups']} | {r['lat_before_ms']} → {r['lat_after_ms']} | "
             f"{r['speedup']}× | {r['macs_ratio']}× | {r['speedup_vs_macs']} |"
         )
