@@ -9,12 +9,13 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 import onnx_ir as ir
 from spa_nm.errors import InputError
 
-__all__ = ["check_output_path", "infer_shapes", "load", "save", "to_proto_with_data"]
+__all__ = ["check_output_path", "infer_shapes", "load", "read_npz", "save", "to_proto_with_data"]
 
 log = logging.getLogger(__name__)
 
@@ -248,3 +249,16 @@ def _model_bytes(model: ir.Model) -> int:
         if t is not None:
             total += int(t.nbytes)
     return total
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (no pickles); InputError names the file otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: no such file")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise InputError(f"{p}: not a readable .npz file ({why})") from e

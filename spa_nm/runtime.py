@@ -13,7 +13,6 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -172,14 +171,9 @@ def verify(
 
 
 def _load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    p = Path(path)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError as e:
-        raise InputError(f"{p}: no such file") from e
-    except Exception as e:
-        raise InputError(f"{p}: not a readable .npz file ({e})") from e
+    from spa_nm.io import read_npz
+
+    arrays = read_npz(path)
     if "x_val" in arrays:  # the training-data layout: verify on the validation inputs
         return {"x": arrays["x_val"]}
     return arrays

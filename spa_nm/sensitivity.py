@@ -62,14 +62,10 @@ def load_eval_data(
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Inputs (by input name, or ``x_val`` / ``x`` / ``x_train`` for a one-input model) and the
     optional ``labels`` (or ``y_val`` / ``y`` / ``y_train`` beside the matching x)."""
+    from spa_nm.io import read_npz
+
     p = Path(path)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError as e:
-        raise InputError(f"{p}: no such file") from e
-    except Exception as e:
-        raise InputError(f"{p}: not a readable .npz file ({e})") from e
+    arrays = read_npz(p)
     labels = arrays.get("labels")
     if all(n in arrays for n in input_names):
         inputs = {n: arrays[n] for n in input_names}

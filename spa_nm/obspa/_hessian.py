@@ -90,14 +90,10 @@ _NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float1
 
 
 def _load_calibration(path: str, inputs) -> dict[str, np.ndarray]:
+    from spa_nm.io import read_npz
+
     p = Path(path)
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError as e:
-        raise InputError(f"{p}: no such file") from e
-    except Exception as e:
-        raise InputError(f"{p}: not a readable .npz file ({e})") from e
+    arrays = read_npz(p)
     names = [i.name for i in inputs]
     if all(n in arrays for n in names):
         return {n: arrays[n] for n in names}

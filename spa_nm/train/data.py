@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -71,16 +70,9 @@ def model_inputs(model: ir.Model) -> list[tuple[str, list[int | None], Any]]:
 
 def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every array of an .npz (no pickles); InputError names the file otherwise."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: no such file")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:
-        raise InputError(
-            f"{p}: not a readable .npz file ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})"
-        ) from e
+    from spa_nm.io import read_npz
+
+    return read_npz(path)
 
 
 def make_dataset(
