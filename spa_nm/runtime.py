@@ -107,6 +107,24 @@ _NP = {
 }
 
 
+def np_dtype(ort_type: str):
+    """The numpy dtype of an onnxruntime input type string (float32 when unknown)."""
+    return _NP.get(ort_type, np.float32)
+
+
+def random_input(rng: np.random.Generator, info, batch: int, other: int, high: int = 8) -> np.ndarray:
+    """A random array for onnxruntime input ``info`` (a NodeArg): symbolic dims resolved, the
+    first to ``batch`` and the others to ``other``; floats normal, bools fair, integers in
+    [0, high) (token ids stay inside any vocabulary of at least ``high``)."""
+    shape = [d if isinstance(d, int) and d > 0 else (batch if j == 0 else other) for j, d in enumerate(info.shape)]
+    dt = np_dtype(info.type)
+    if np.issubdtype(dt, np.floating):
+        return rng.standard_normal(shape).astype(dt)
+    if dt is np.bool_:
+        return rng.random(shape) > 0.5
+    return rng.integers(0, high, size=shape).astype(dt)
+
+
 def make_feeds(session: Session, batch: int = 1, seed: int = 0, data: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Feeds for every input: from ``data`` when given (by name, or in order), else random with
     symbolic dims resolved (the first to ``batch``, others to 1)."""
@@ -120,16 +138,9 @@ def make_feeds(session: Session, batch: int = 1, seed: int = 0, data: dict[str, 
                 arr = list(data.values())[k]
             if arr is None:
                 raise InputError(f"data has no array for input {i.name!r}")
-            feeds[i.name] = np.asarray(arr).astype(_NP.get(i.type, np.float32), copy=False)
+            feeds[i.name] = np.asarray(arr).astype(np_dtype(i.type), copy=False)
             continue
-        shape = [d if isinstance(d, int) and d > 0 else (batch if j == 0 else 1) for j, d in enumerate(i.shape)]
-        dt = _NP.get(i.type, np.float32)
-        if np.issubdtype(dt, np.floating):
-            feeds[i.name] = rng.standard_normal(shape).astype(dt)
-        elif dt is np.bool_:
-            feeds[i.name] = rng.random(shape) > 0.5
-        else:
-            feeds[i.name] = rng.integers(0, 8, size=shape).astype(dt)
+        feeds[i.name] = random_input(rng, i, batch, 1)
     return feeds
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spa_nm.errors import ConfigError, InputError
+from spa_nm.runtime import np_dtype, random_input
 
 __all__ = [
     "DEFAULT_RATIOS",
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = (0.1, 0.3, 0.5, 0.7)
 PER = ("group", "layer")
-_NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-       "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}  # fmt: skip
 
 
 def _session(model: ir.Model):
@@ -105,27 +104,14 @@ def _batches(sess, data, samples: int, seed: int) -> list[dict[str, np.ndarray]]
         for s in range(0, n - b + 1 if static else n, b):
             out.append(
                 {
-                    i.name: np.asarray(data[i.name][s : s + b]).astype(_NP.get(i.type, np.float32))
+                    i.name: np.asarray(data[i.name][s : s + b]).astype(np_dtype(i.type))
                     for i in inputs
                 }
             )
         return out
     rng = np.random.default_rng(seed)
     for _ in range(max(1, -(-samples // b))):
-        feeds = {}
-        for i in inputs:
-            shape = [
-                d if isinstance(d, int) and d > 0 else (b if j == 0 else 32)
-                for j, d in enumerate(i.shape)
-            ]
-            dt = _NP.get(i.type, np.float32)
-            if np.issubdtype(dt, np.floating):
-                feeds[i.name] = rng.standard_normal(shape).astype(dt)
-            elif dt is np.bool_:
-                feeds[i.name] = rng.random(shape) > 0.5
-            else:
-                feeds[i.name] = rng.integers(0, 8, size=shape).astype(dt)
-        out.append(feeds)
+        out.append({i.name: random_input(rng, i, b, 32) for i in inputs})
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from spa_nm.errors import InputError, SpaNmError
+from spa_nm.runtime import np_dtype, random_input
 from spa_nm.graph import DependencyGraph
 from spa_nm.obspa._layers import _attr, _Layer
 from spa_nm.obspa._options import ObspaOptions
@@ -85,8 +86,6 @@ def _bn_gram(lay: _Layer, moments, ch: slice) -> tuple[np.ndarray, np.ndarray]:
     return np.diag(np.repeat(np.maximum(s - m * m, 0.0), lay.taps)) + np.outer(mt, mt), mt
 
 
-_NP = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-       "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}  # fmt: skip
 
 
 def _load_calibration(path: str, inputs) -> dict[str, np.ndarray]:
@@ -162,7 +161,7 @@ class _Capture:
             for start in range(0, min(n, max(want, b)) - b + 1, b):
                 yield {
                     i.name: np.asarray(arrays[i.name][start : start + b]).astype(
-                        _NP.get(i.type, np.float32)
+                        np_dtype(i.type)
                     )
                     for i in inputs
                 }
@@ -172,20 +171,7 @@ class _Capture:
         b = lead if isinstance(lead, int) and lead > 0 else 8
         vocab = self._vocab()
         for _ in range(max(1, math.ceil(want / b))):
-            feeds = {}
-            for i in inputs:
-                shape = [
-                    d if isinstance(d, int) and d > 0 else (b if j == 0 else 32)
-                    for j, d in enumerate(i.shape)
-                ]
-                dt = _NP.get(i.type, np.float32)
-                if np.issubdtype(dt, np.floating):
-                    feeds[i.name] = rng.standard_normal(shape).astype(dt)
-                elif dt is np.bool_:
-                    feeds[i.name] = rng.random(shape) > 0.5
-                else:
-                    feeds[i.name] = rng.integers(0, vocab.get(i.name, 8), size=shape).astype(dt)
-            yield feeds
+            yield {i.name: random_input(rng, i, b, 32, vocab.get(i.name, 8)) for i in inputs}
 
     def _vocab(self) -> dict[str, int]:
         """Integer inputs used as Gather indices into a constant table: ids below its rows."""
