@@ -48,10 +48,10 @@ def data_path(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet(*more_loggers: str):
     """Silence the exporters' progress prints, warnings and log lines (e.g. 'torchvision is not
-    installed')."""
-    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
+    installed'), and those of ``more_loggers``."""
+    loggers = [logging.getLogger(n) for n in (*_QUIET_LOGGERS, *more_loggers)]
     levels = [lg.level for lg in loggers]
     try:
         for lg in loggers:

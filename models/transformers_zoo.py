@@ -20,16 +20,14 @@ Reshape) there; everything else uses the model's default SDPA attention.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from models.export import _quiet as _export_quiet
 
 __all__ = ["TRANSFORMERS", "TransformerSpec", "build", "cached_export", "export"]
 
@@ -182,27 +180,8 @@ def build(name: str, attention: str | None = None, seed: int = 0):
     return _OneTensor(net.eval()), (x,)
 
 
-@contextlib.contextmanager
 def _quiet():
-    names = (
-        "torch.onnx",
-        "torch.export",
-        "torch._dynamo",
-        "torch.fx",
-        "onnxscript",
-        "transformers",
-    )
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lv in zip(loggers, levels, strict=True):
-            lg.setLevel(lv)
+    return _export_quiet("transformers")
 
 
 def export(
