@@ -11,15 +11,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 import onnx_ir as ir
+
 from spa_nm import io
 from spa_nm.errors import ConfigError
-from spa_nm.graph import ATTENTION_MODES, DependencyGraph, analyze as _analyze
+from spa_nm.graph import ATTENTION_MODES, DependencyGraph
+from spa_nm.graph import analyze as _analyze
 from spa_nm.metrics import count
-from spa_nm.passes import fold_shape_arithmetic, remove_dead_nodes, unmerge_transposes
+from spa_nm.passes import (
+    fold_shape_arithmetic,
+    remove_dead_nodes,
+    split_shared_fills,
+    unmerge_transposes,
+)
 from spa_nm.plan import DEFAULT_ROUND_TO, PruneConfig, PrunePlan, make_plan
 from spa_nm.surgery import apply_plan, check_model
+from spa_nm.symbolic import has_symbolic_dims, refine_symbolic_shapes
 
 __all__ = ["PruneResult", "analyze", "copy_model", "inspect", "load", "prune", "save", "sparsify"]
 
@@ -74,11 +81,16 @@ def _prepared(model: ir.Model) -> ir.Model:
     """A copy with static shape arithmetic folded (exact), repeated while shape inference,
     seeing the folded constants, makes more of it static (a few rounds)."""
     work = copy_model(model)
+    # symbolic dims: keep their names through attention and run-time shape targets
+    symbolic = refine_symbolic_shapes(work) > 0 or has_symbolic_dims(work)
+    split_shared_fills(work)  # one zero state per stacked-RNN layer, not one for all
     for _ in range(4):
         # unmerge: a batched transpose written through a merged [B*H] axis (dynamo exporter)
         if not fold_shape_arithmetic(work) + unmerge_transposes(work):
             break
         io.infer_shapes(work)
+        if symbolic:
+            refine_symbolic_shapes(work)
     return work
 
 
@@ -347,7 +359,8 @@ def sparsify(model: ir.Model, pattern, ignore: tuple[str, ...] | list[str] = ())
 
     Returns a new model (the input is untouched) and the report.
     """
-    from spa_nm.nm import NMSpec, sparsify as _sparsify
+    from spa_nm.nm import NMSpec
+    from spa_nm.nm import sparsify as _sparsify
 
     spec = pattern if isinstance(pattern, NMSpec) else NMSpec.parse(pattern)
     model, report = _sparsify(model, spec, tuple(ignore))

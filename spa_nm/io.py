@@ -15,7 +15,17 @@ import onnx
 import onnx_ir as ir
 from spa_nm.errors import InputError
 
-__all__ = ["check_output_path", "infer_shapes", "load", "read_npz", "save", "to_proto_with_data"]
+__all__ = [
+    "check_output_path",
+    "infer_shapes",
+    "light_proto",
+    "load",
+    "read_npz",
+    "restore_types",
+    "save",
+    "serialize",
+    "to_proto_with_data",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +60,70 @@ def load(path: str | os.PathLike, *, infer_shapes: bool = True) -> ir.Model:
             onnx.checker.check_model(proto)
     except Exception as e:
         raise InputError(f"{p}: invalid ONNX model ({_short(e)})") from e
+    stashed = _stash_map_types(proto)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:
         raise InputError(f"{p}: cannot read the model ({_short(e)})") from e
+    for v in (*model.graph.inputs, *model.graph.outputs):
+        if v.name in stashed:
+            v.meta[_TYPE_KEY] = stashed[v.name]
     _bind_external_data(model, p.parent)
     if infer_shapes:
         model = _infer_shapes(model, p)
     return model
+
+
+# Graph inputs and outputs typed as maps (skl2onnx's ZipMap probabilities, DictVectorizer's
+# input): onnx-ir has no map type, so they load untyped, their TypeProto kept here (the
+# value's ``meta`` is copied by clone and never serialized), and are typed again on the way
+# out.
+_TYPE_KEY = "spa_nm.type_proto"
+
+
+def _has_map(t: onnx.TypeProto) -> bool:
+    kind = t.WhichOneof("value")
+    if kind == "map_type":
+        return True
+    if kind in ("sequence_type", "optional_type"):
+        return _has_map(getattr(t, kind).elem_type)
+    return False
+
+
+def _stash_map_types(proto: onnx.ModelProto) -> dict[str, bytes]:
+    """Untype the map-typed graph inputs/outputs of ``proto`` (and drop map-typed value_info)
+    in place; returns name -> serialized TypeProto."""
+    g = proto.graph
+    stashed = {}
+    for vi in (*g.input, *g.output):
+        if vi.HasField("type") and _has_map(vi.type):
+            stashed[vi.name] = vi.type.SerializeToString()
+            vi.ClearField("type")
+    keep = [vi for vi in g.value_info if not (vi.HasField("type") and _has_map(vi.type))]
+    if len(keep) != len(g.value_info):
+        del g.value_info[:]
+        g.value_info.extend(keep)
+    return stashed
+
+
+def restore_types(proto: onnx.ModelProto, model: ir.Model) -> onnx.ModelProto:
+    """Give the graph inputs/outputs of ``proto`` (serialized from ``model``) back the map
+    types they were loaded with; returns ``proto``."""
+    types = {
+        v.name: v.meta[_TYPE_KEY]
+        for v in (*model.graph.inputs, *model.graph.outputs)
+        if _TYPE_KEY in v.meta
+    }
+    if types:
+        for vi in (*proto.graph.input, *proto.graph.output):
+            if vi.name in types:
+                vi.type.ParseFromString(types[vi.name])
+    return proto
+
+
+def serialize(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as a ModelProto (external tensors stay references), map types restored."""
+    return restore_types(ir.serde.serialize_model(model), model)
 
 
 def infer_shapes(model: ir.Model) -> ir.Model:
@@ -142,14 +208,98 @@ def _bind_external_data(model: ir.Model, base: Path) -> None:
             )
 
 
-def _infer_shapes(model: ir.Model, path: Path) -> ir.Model:
-    from onnx_ir.passes.common import ShapeInferencePass
+# initializers up to this many bytes keep their data in a light proto (shape vectors, axes)
+_LIGHT_BYTES = 1000
 
+
+def light_proto(model: ir.Model) -> onnx.ModelProto:
+    """``model`` as a proto whose large initializers are graph inputs (type and shape, no
+    data), map types restored: shape inference needs their shapes, never their values. The
+    model is left as it was."""
+    g = model.graph
+    big = {
+        name: v
+        for name, v in g.initializers.items()
+        if v.const_value is None or v.const_value.nbytes > _LIGHT_BYTES
+    }
+    saved = {name: v.const_value for name, v in big.items()}
+    serde_log = logging.getLogger(ir.serde.__name__)
+    level = serde_log.level
+    serde_log.setLevel(logging.ERROR)  # it warns about each data-less initializer
     try:
-        ShapeInferencePass(strict_mode=False)(model)
+        for v in big.values():
+            v.const_value = None
+        proto = serialize(model)
+    finally:
+        for name, v in big.items():
+            v.const_value = saved[name]
+        serde_log.setLevel(level)
+    keep = [t for t in proto.graph.initializer if t.name not in big]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    listed = {i.name for i in proto.graph.input}
+    for name, v in big.items():
+        t = saved[name]
+        dtype = t.dtype if t is not None else v.dtype
+        shape = t.shape if t is not None else v.shape
+        if name in listed or dtype is None or shape is None:
+            continue
+        proto.graph.input.append(
+            onnx.helper.make_tensor_value_info(name, int(dtype), [int(d) for d in shape])
+        )
+    return proto
+
+
+def _infer_shapes(model: ir.Model, path: Path) -> ir.Model:
+    """ONNX shape inference (with data propagation) on a light copy, merged back by value
+    name; map-typed values are left untyped (onnx-ir cannot hold them)."""
+    try:
+        for _ in range(3):
+            inferred = onnx.shape_inference.infer_shapes(
+                light_proto(model), check_type=True, strict_mode=False, data_prop=True
+            )
+            _stash_map_types(inferred)
+            _merge_shapes(model, ir.serde.deserialize_model(inferred))
+            if not _same_shape_ml_ops(model):
+                break
     except Exception as e:  # the model loads: missing shapes only block channels later
         log.warning("%s: shape inference failed (%s)", path, _short(e))
     return model
+
+
+# ai.onnx.ml ops whose output has the input's shape, which ONNX does not infer (an sklearn
+# scaler in front of an MLP would leave the whole network without shapes)
+_ML_SAME_SHAPE = {"Scaler", "Normalizer", "Binarizer", "Imputer"}
+
+
+def _same_shape_ml_ops(model: ir.Model) -> int:
+    """Give those ops' outputs their input's shape (and float type where the op says so);
+    returns how many it set."""
+    done = 0
+    for node in model.graph:
+        if node.domain != "ai.onnx.ml" or node.op_type not in _ML_SAME_SHAPE:
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        if x is None or x.shape is None or y.shape is not None:
+            continue
+        y.shape = ir.Shape(list(x.shape))
+        if y.dtype is None:
+            y.dtype = x.dtype if node.op_type in ("Binarizer", "Imputer") else ir.DataType.FLOAT
+        done += 1
+    return done
+
+
+def _merge_shapes(model: ir.Model, inferred: ir.Model) -> None:
+    for graph, other in zip(model.graphs(), inferred.graphs(), strict=False):
+        found = ir.convenience.create_value_mapping(other)
+        for name, value in ir.convenience.create_value_mapping(graph).items():
+            got = found.get(name)
+            if got is None:
+                continue
+            if got.shape is not None and value.shape != got.shape:
+                value.shape = got.shape
+            if got.dtype is not None and value.dtype != got.dtype:
+                value.dtype = got.dtype
 
 
 def check_output_path(out: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> Path:
@@ -197,10 +347,12 @@ def save(
             # threshold 0: every tensor goes to the data file, none is loaded and released
             # (releasing a memory map fails while the input model still views it)
             ir.save(model, tmp_model, external_data=data_name, size_threshold_bytes=0)
+            _retype_file(tmp_model, model)
             os.replace(tmpdir / data_name, folder / data_name)
         else:
             _materialize(model)
             ir.save(model, tmp_model)
+            _retype_file(tmp_model, model)
         os.replace(tmp_model, out)
     except OSError as e:
         raise InputError(f"{out}: cannot write ({e.strerror or e})") from e
@@ -213,10 +365,19 @@ def save(
     return out
 
 
+def _retype_file(path: Path, model: ir.Model) -> None:
+    """Put the stashed map types back into a model file just written (weights left where
+    they are: external data stays external)."""
+    if not any(_TYPE_KEY in v.meta for v in (*model.graph.inputs, *model.graph.outputs)):
+        return
+    proto = onnx.load(str(path), load_external_data=False)
+    onnx.save(restore_types(proto, model), str(path))
+
+
 def to_proto_with_data(model: ir.Model) -> onnx.ModelProto:
     """The model as a ModelProto with every external tensor's bytes inside (the model itself is
     left as it is)."""
-    proto = ir.serde.serialize_model(model)
+    proto = serialize(model)
     for i, t in enumerate(proto.graph.initializer):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             arr = model.graph.initializers[t.name].const_value.numpy()

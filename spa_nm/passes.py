@@ -15,7 +15,6 @@ import math
 import numpy as np
 import onnx
 import onnx.reference
-
 import onnx_ir as ir
 
 __all__ = [
@@ -23,6 +22,7 @@ __all__ = [
     "fold_shape_arithmetic",
     "remove_dead_nodes",
     "slice_ints",
+    "split_shared_fills",
     "unmerge_transposes",
 ]
 
@@ -59,6 +59,7 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
     g = model.graph
     known: dict[str, np.ndarray] = {}
     partial: dict[str, list[int | None]] = {}  # Shape outputs with symbolic entries
+    partial_flags: dict[str, list[bool | None]] = {}  # Equal on them: None where unknown
     opset = dict(model.opset_imports).get("", 13)
     folded = 0
     for node in list(g):
@@ -101,6 +102,31 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
             continue
         if node.op_type == "Reshape" and len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name in partial:
             folded += _refine_reshape(model, node, partial[node.inputs[1].name])
+            continue
+        if node.op_type == "Reshape" and src is not None and src.name in partial:
+            # a partly symbolic shape vector reshaped to 1-D (the exporter's Expand -1 guard)
+            t = _const_of(node.inputs[1], known) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+            if t is not None and t.size == 1 and int(t.reshape(-1)[0]) in (-1, len(partial[src.name])):
+                partial[out.name] = partial[src.name]
+            continue
+        if node.op_type == "Equal" and any(v is not None and v.name in partial for v in node.inputs):
+            flags = _partial_equal(node, partial, known)
+            if flags is not None:
+                partial_flags[out.name] = flags
+            continue
+        if node.op_type == "Where" and node.inputs[0] is not None and node.inputs[0].name in partial_flags:
+            picked = _partial_where(node, partial, partial_flags, known)
+            if picked is not None:
+                if all(isinstance(v, int) for v in picked):
+                    arr = np.asarray(picked, dtype=np.int64)
+                    known[out.name] = arr
+                    _replace_with_initializer(model, out, arr)
+                    folded += 1
+                else:
+                    partial[out.name] = picked
+            continue
+        if node.op_type == "Expand" and len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name in partial:
+            folded += _refine_expand(node, partial[node.inputs[1].name])
             continue
         if node.op_type == "Slice" and src is not None and src.name in partial:
             # x.shape[:-1] written as Shape -> Slice: the picked entries stay partly known
@@ -298,6 +324,97 @@ def _refine_reshape(model: ir.Model, node: ir.Node, target: list) -> int:
     return 1
 
 
+def _partial_equal(node: ir.Node, partial: dict, known: dict) -> list[bool | None] | None:
+    """``Equal`` of a partly symbolic shape vector with another: True/False where decided,
+    None where not. A symbolic entry is a dimension, never negative: it differs from a
+    negative constant (the torch exporter's ``Equal(t, -1)`` guard)."""
+    ops = []
+    for v in node.inputs:
+        if v is None:
+            return None
+        if v.name in partial:
+            ops.append(partial[v.name])
+        else:
+            c = _const_of(v, known)
+            if c is None or c.ndim > 1:
+                return None
+            ops.append([int(x) for x in c.reshape(-1)])
+    n = max(len(o) for o in ops)
+    if any(len(o) not in (1, n) for o in ops):
+        return None
+    a, b = ([o[0]] * n if len(o) == 1 else o for o in ops)
+    out: list[bool | None] = []
+    for x, y in zip(a, b, strict=True):
+        if isinstance(x, int) and isinstance(y, int):
+            out.append(x == y)
+        elif (isinstance(x, int) and x < 0) or (isinstance(y, int) and y < 0):
+            out.append(False)
+        elif isinstance(x, str) and x == y:
+            out.append(True)
+        else:
+            out.append(None)
+    return out
+
+
+def _partial_where(node: ir.Node, partial: dict, flags: dict, known: dict) -> list | None:
+    """``Where`` over shape vectors with a partly decided condition, entry by entry."""
+    cond = flags[node.inputs[0].name]
+    branches = []
+    for v in node.inputs[1:]:
+        if v is None:
+            return None
+        if v.name in partial:
+            branches.append(partial[v.name])
+        else:
+            c = _const_of(v, known)
+            if c is None or c.ndim > 1:
+                return None
+            branches.append([int(x) for x in c.reshape(-1)])
+    n = len(cond)
+    if any(len(b) not in (1, n) for b in branches):
+        return None
+    a, b = ([q[0]] * n if len(q) == 1 else q for q in branches)
+    out = []
+    for f, x, y in zip(cond, a, b, strict=True):
+        if f is None and x != y:
+            return None
+        out.append(x if f or f is None else y)
+    return out
+
+
+def _refine_expand(node: ir.Node, target: list) -> int:
+    """The output shape of an ``Expand`` whose run-time target is partly known (the mask and
+    the repeated K/V heads of a model exported with a dynamic batch): numpy broadcasting of
+    the input's dims with the target's, where decided. Returns 1 when a dim became known."""
+    x, out = node.inputs[0], node.outputs[0]
+    if x is None or x.shape is None:
+        return 0
+    dims = [d if isinstance(d, int) else (d.value if d is not None else None) for d in x.shape]
+    r = max(len(dims), len(target))
+    dims = [1] * (r - len(dims)) + dims
+    tgt = [1] * (r - len(target)) + list(target)
+    new: list[int | str | None] = []
+    for d, t in zip(dims, tgt, strict=True):
+        if t == 1 or t == d:
+            new.append(d)
+        elif d == 1:
+            new.append(t)
+        elif isinstance(d, int):
+            new.append(d)  # a valid model broadcasts t (1 or d) to d
+        elif isinstance(t, int):
+            new.append(t)  # d is 1 or t
+        else:
+            new.append(None)
+    old = out.shape
+    before = 0 if old is None else sum(isinstance(d, int) for d in old)
+    if old is not None and len(old) != r:
+        return 0
+    if sum(isinstance(d, int) for d in new) <= before:
+        return 0
+    out.shape = ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in new])
+    return 1
+
+
 def _partial_shape(node: ir.Node) -> list | None:
     """Shape of a tensor with some symbolic dims: ints where static, the symbol (str) where
     named, None where unknown."""
@@ -374,3 +491,30 @@ def remove_dead_nodes(model: ir.Model) -> None:
         v = g.initializers[name]
         if not v.uses() and not v.is_graph_output() and not v.is_graph_input():
             del g.initializers[name]
+
+
+def split_shared_fills(model: ir.Model) -> int:
+    """Give each reader of a run-time ``ConstantOfShape`` its own copy (the same uniform
+    tensor, so exact). The torch exporter builds one zero state for all layers of a stacked
+    RNN and slices it per layer: shared, it would tie every layer's hidden units together.
+    Returns the number of copies made."""
+    made = 0
+    for node in list(model.graph):
+        if node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+            continue
+        out = node.outputs[0]
+        if out.is_graph_output() or node.inputs[0] is None or node.inputs[0].const_value is not None:
+            continue
+        uses = list(out.uses())
+        for k, (reader, index) in enumerate(uses[1:], start=1):
+            twin = ir.Node(
+                node.domain, node.op_type, list(node.inputs),
+                attributes=list(node.attributes.values()), name=f"{node.name or 'ConstantOfShape'}_{k}",
+            )  # fmt: skip
+            twin.outputs[0].name = f"{out.name}_{k}"
+            twin.outputs[0].shape = out.shape
+            twin.outputs[0].type = out.type
+            model.graph.insert_after(node, twin)
+            reader.replace_input_with(index, twin.outputs[0])
+            made += 1
+    return made

@@ -19,7 +19,16 @@ import numpy as np
 
 from spa_nm.errors import ConfigError, InputError, SpaNmError, VerificationError
 
-__all__ = ["PROVIDERS", "BenchResult", "Session", "bench", "make_feeds", "open_session", "verify"]
+__all__ = [
+    "PROVIDERS",
+    "BenchResult",
+    "Session",
+    "as_array",
+    "bench",
+    "make_feeds",
+    "open_session",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +153,14 @@ def make_feeds(session: Session, batch: int = 1, seed: int = 0, data: dict[str, 
     return feeds
 
 
+def as_array(out: Any) -> np.ndarray:
+    """An onnxruntime output as an array: a sequence of maps (skl2onnx's ZipMap
+    probabilities, one dict per row) becomes rows of its values in key order."""
+    if isinstance(out, list) and out and isinstance(out[0], dict):
+        return np.asarray([[row[k] for k in sorted(row)] for row in out])
+    return np.asarray(out)
+
+
 def verify(
     original: str | os.PathLike,
     candidate: str | os.PathLike,
@@ -164,7 +181,7 @@ def verify(
     if data is not None:
         arrays = _load_npz(data)
     feeds = make_feeds(a, batch=batch, data=arrays)
-    ra, rb = a.run(feeds), b.run(feeds)
+    ra, rb = [as_array(o) for o in a.run(feeds)], [as_array(o) for o in b.run(feeds)]
     outputs = []
     worst = 0.0
     for o, x, y in zip(a.sess.get_outputs(), ra, rb, strict=True):

@@ -142,7 +142,40 @@ class ModelView:
             if data is None or idx is None:
                 return None
             return [data[int(i)] for i in np.asarray(idx).reshape(-1)]
+        if p.op_type == "Reshape":
+            # a 1-D shape vector reshaped to 1-D ([-1] or [n]) keeps its entries
+            target = self.const(ins[1]) if len(ins) > 1 and ins[1] else None
+            if target is None or np.asarray(target).size != 1:
+                return None
+            return self.partial_ints(ins[0], depth + 1)
+        if p.op_type == "Where" and len(ins) == 3 and all(ins):
+            return self._partial_where(ins, depth)
         return None
+
+    def _partial_where(self, ins: list[str], depth: int) -> list[int | None] | None:
+        """``Where(Equal(t, c), a, b)`` entry by entry: the torch exporter's guard that turns
+        the -1 entries of an Expand target into 1. An unknown entry of ``t`` is a dimension
+        (never negative), so it never equals a negative ``c``."""
+        cond = self.values.get(ins[0])
+        eq = None if cond is None else cond.producer()
+        a, b = self.partial_ints(ins[1], depth + 1), self.partial_ints(ins[2], depth + 1)
+        if eq is None or eq.op_type != "Equal" or a is None or b is None or len(a) != len(b):
+            return None
+        ops = [None if i is None else self.partial_ints(i.name, depth + 1) for i in eq.inputs]
+        if len(ops) != 2 or any(o is None or len(o) not in (1, len(a)) for o in ops):
+            return None
+        lhs, rhs = ([o[0]] * len(a) if len(o) == 1 else o for o in ops)
+        out: list[int | None] = []
+        for t, c, x, y in zip(lhs, rhs, a, b, strict=True):
+            if t is not None and c is not None:
+                out.append(x if t == c else y)
+            elif (t is None and c is not None and c < 0) or (c is None and t is not None and t < 0):
+                out.append(y)
+            elif x == y:
+                out.append(x)
+            else:
+                return None
+        return out
 
     def is_param(self, name: str) -> bool:
         v = self.values.get(name)

@@ -153,23 +153,50 @@ def test_skl2onnx_mlp_hidden_units_prune(tmp_path):
     np.testing.assert_allclose(proba, ref_proba, atol=1e-6)
 
 
-def test_skl2onnx_zipmap_output_is_declined_cleanly(tmp_path, capsys):
-    """ZipMap's sequence(map) output cannot be read by onnx-ir: a one-line input error, no
-    traceback and no output (convert with ``options={id(clf): {"zipmap": False}}``)."""
-    onx, _, _ = _digits_mlp(zipmap=True)
-    path = tmp_path / "zipmap.onnx"
-    onnx.save(onx, path)
-    from spa_nm.errors import InputError
+@pytest.mark.parametrize("front", ["standard", "normalizer"])
+def test_skl2onnx_pipeline_with_scaler_and_zipmap_prunes(tmp_path, front):
+    """A Pipeline(StandardScaler or Normalizer, MLPClassifier) converted with skl2onnx's
+    defaults: the ai.onnx.ml scaler gets its input's shape (ONNX infers none, which used to
+    leave the whole MLP without shapes) and ZipMap's sequence(map) output, which onnx-ir
+    cannot hold, loads untyped and is written back with its type. Both hidden layers prune
+    exactly; the saved file passes the full checker and runs in onnxruntime with the same
+    outputs as the zeroed original."""
+    pytest.importorskip("sklearn")
+    skl2onnx = pytest.importorskip("skl2onnx")
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
 
-    with pytest.raises(InputError, match=r"zipmap\.onnx") as e:
-        spa_nm.load(path)
-    assert "\n" not in str(e.value)
     from spa_nm.cli import main
 
-    rc = main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.5"])
-    err = capsys.readouterr().err
-    assert rc == 2 and not (tmp_path / "o.onnx").exists()
-    assert "Traceback" not in err and "zipmap.onnx" in err
+    _, x = _fit_digits_mlp()
+    y = np.arange(len(x)) % 10
+    scaler = StandardScaler() if front == "standard" else Normalizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = make_pipeline(scaler, MLPClassifier(hidden_layer_sizes=(32, 16), max_iter=5, random_state=0))
+        pipe.fit(x, y)
+    onx = skl2onnx.to_onnx(pipe, x[:1], target_opset=17)
+    assert any(n.op_type == "ZipMap" for n in onx.graph.node)
+    src = tmp_path / "pipe.onnx"
+    onnx.save(onx, src)
+    model = spa_nm.load(src)
+    res = spa_nm.prune(model, 0.5, round_to=1)
+    assert res.report["groups_pruned"] == 2, res.report["blocked"]
+    check_model(res.model)
+    assert_prune_equivalent(model, res, atol=1e-5)  # random feeds; ZipMap rows compared
+    out = tmp_path / "pruned.onnx"
+    assert main(["prune", str(src), "-o", str(out), "--ratio", "0.5", "--round-to", "1"]) == 0
+    written = onnx.load(out)
+    onnx.checker.check_model(written, full_check=True)
+    kinds = {o.name: o.type.WhichOneof("value") for o in written.graph.output}
+    assert kinds == {o.name: o.type.WhichOneof("value") for o in onx.graph.output}
+    assert "sequence_type" in kinds.values()
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    _, proba = sess.run(None, {model.graph.inputs[0].name: x[:50]})
+    assert len(proba) == 50 and sorted(proba[0]) == list(range(10))
 
 
 # -- realmodels tier: ONNX files inside PyPI packages -------------------------------------------

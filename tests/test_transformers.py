@@ -183,7 +183,8 @@ def test_swin_windowed_attention_prunes_heads(export_dir):
 
 @pytest.mark.parametrize(
     ("name", "exporter"),
-    [("gpt2_tiny", "legacy"), ("gpt2_tiny", "dynamo"), pytest.param("llama_tiny", "dynamo", marks=SLOW)],
+    [("gpt2_tiny", "legacy"), ("gpt2_tiny", "dynamo"), ("llama_tiny", "legacy"),
+     pytest.param("llama_tiny", "dynamo", marks=SLOW), pytest.param("bert_tiny", "legacy", marks=SLOW)],
 )  # fmt: skip
 def test_dynamic_batch_and_sequence(export_dir, name, exporter):
     """Batch and sequence symbolic: Shape -> Gather/Slice -> Concat -> Reshape targets get their

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 import onnx_ir as ir
-from spa_nm.facts import FixInfo, Fixup, OpFacts
+from spa_nm.facts import FixInfo, Fixup, Link, OpFacts
 from spa_nm.rules._context import RuleContext
 from spa_nm.rules._helpers import (
     RestrictedContext,
@@ -50,12 +50,69 @@ def _reshape_fixup(node_name: str, x: str, y: str, allowzero: bool) -> Fixup:
     return Fixup(node_name, "rewrite the Reshape target shape", apply)
 
 
-def _concat_parts(ctx: RuleContext, shape: str, axes: list[int]) -> dict[int, tuple[int, int]] | None:
+# ops the torch exporter puts between a shape Concat and the Expand that reads it
+# (``Reshape(t, [-1])``, ``Where(Equal(t, -1), ones, t)``): they pass ``t``'s entries on
+_TARGET_CHAIN = {"Reshape", "Where", "Equal", "Shape", "ConstantOfShape", "Mul", "Cast", "Identity"}
+
+
+def _is_constant(v: ir.Value | None) -> bool:
+    return v is None or v.const_value is not None or (
+        v.producer() is not None and v.producer().op_type == "Constant"
+    )
+
+
+def _source_concat(v: ir.Value) -> ir.Node | None:
+    """The ``Concat`` a shape target comes from, directly or through the exporter's -1 guard
+    (1-D Reshape, Where choosing between a constant and the Concat's value, Cast)."""
+    for _ in range(8):
+        p = v.producer()
+        if p is None:
+            return None
+        if p.op_type == "Concat":
+            return p
+        if p.op_type in ("Reshape", "Cast", "Identity"):
+            v = p.inputs[0]
+        elif p.op_type == "Where" and len(p.inputs) == 3:
+            data = [i for i in p.inputs[1:] if not _is_constant(i)]
+            if len(data) != 1:
+                return None
+            v = data[0]
+        else:
+            return None
+    return None
+
+
+def _reaches_only(start: ir.Value, node: ir.Node) -> bool:
+    """Whether everything computed from ``start`` ends in ``node`` (nobody else reads the
+    target, so rewriting its Concat in place changes ``node`` alone)."""
+    todo, seen = [start], set()
+    while todo:
+        v = todo.pop()
+        if v.is_graph_output():
+            return False
+        for use in v.consumers():
+            if use is node or id(use) in seen:
+                continue
+            if use.op_type not in _TARGET_CHAIN:
+                return False
+            seen.add(id(use))
+            todo.extend(use.outputs)
+    return True
+
+
+def _concat_parts(ctx: RuleContext, shape: str, axes: list[int], node: ir.Node | None = None) -> dict[int, tuple[int, int]] | None:
     """For a target built by ``Concat`` (axis 0) that only this node reads: axis -> (Concat
-    input, position in it), where every such input is a constant; else None."""
+    input, position in it), where every such input is a constant; else None. With ``node``,
+    the Concat may sit behind the exporter's -1 guard, provided nothing else reads it."""
     v = ctx.view.values.get(shape)
-    cat = None if v is None else v.producer()
-    if cat is None or cat.op_type != "Concat" or v.is_graph_output():
+    if v is None or v.is_graph_output():
+        return None
+    cat = v.producer()
+    if node is not None and cat is not None and cat.op_type != "Concat":
+        cat = _source_concat(v)
+        if cat is None or not _reaches_only(cat.outputs[0], node):
+            return None
+    if cat is None or cat.op_type != "Concat":
         return None
     where: dict[int, tuple[int, int]] = {}
     pos = 0
@@ -72,10 +129,14 @@ def _concat_parts(ctx: RuleContext, shape: str, axes: list[int]) -> dict[int, tu
     return where if set(where) == set(axes) else None
 
 
-def _concat_target_fixup(node_name: str, y: str, axes: list[int], parts) -> Fixup:
+def _concat_target_fixup(node_name: str, y: str, axes: list[int], parts, index: int = 1) -> Fixup:
+    """Rewrite the constant Concat parts of the shape input ``index`` at the changed axes."""
+
     def apply(node: ir.Node, info: FixInfo) -> None:
         old, new = info.old_shape(y), info.new_shape(y)
-        cat = node.inputs[1].producer()
+        cat = node.inputs[index].producer()
+        if cat is not None and cat.op_type != "Concat":
+            cat = _source_concat(node.inputs[index])  # behind the -1 guard, read by node alone
         edits: dict[int, np.ndarray] = {}
         for a in axes:
             if old[a] == new[a]:
@@ -85,17 +146,17 @@ def _concat_target_fixup(node_name: str, y: str, axes: list[int], parts) -> Fixu
             arr[k] = int(new[a])
         if not edits:
             return
-        if len(node.inputs[1].uses()) > 1:
+        if cat.outputs[0] is node.inputs[index] and len(node.inputs[index].uses()) > 1:
             # the target is shared (Q, K and V views): this Reshape gets its own Concat
             own = ir.Node(
                 cat.domain, "Concat", list(cat.inputs), attributes=list(cat.attributes.values()),
                 name=f"{cat.name or 'Concat'}_{node.name or 'pruned'}",
             )  # fmt: skip
-            own.outputs[0].name = f"{node.inputs[1].name}_{node.name or 'pruned'}"
-            own.outputs[0].shape = node.inputs[1].shape
-            own.outputs[0].type = node.inputs[1].type
+            own.outputs[0].name = f"{node.inputs[index].name}_{node.name or 'pruned'}"
+            own.outputs[0].shape = node.inputs[index].shape
+            own.outputs[0].type = node.inputs[index].type
             cat.graph.insert_after(cat, own)
-            node.replace_input_with(1, own.outputs[0])
+            node.replace_input_with(index, own.outputs[0])
             cat = own
         for i, arr in edits.items():
             info.new_const(cat, i, arr)
@@ -208,7 +269,7 @@ def expand(node, ctx: RuleContext) -> OpFacts:
         axes = {a for s in ctx.slots(y) for a in s.axes}
         shift = len(ys) - (len(target) if target is not None else 0)
         fixed = sorted(a for a in axes if target is not None and a - shift >= 0 and target[a - shift] != 1)
-        parts = _concat_parts(ctx, shape, [a - shift for a in fixed]) if target is not None else None
+        parts = _concat_parts(ctx, shape, [a - shift for a in fixed], node) if target is not None else None
         if target is None or shift != 0 or (fixed and parts is None):
             return block(ctx, "Expand target shape is computed at run time")
         if fixed:
@@ -216,3 +277,43 @@ def expand(node, ctx: RuleContext) -> OpFacts:
         return _with_copy(ctx, facts)
     facts.fixups.append(_expand_fixup(node.name, y))
     return _with_copy(ctx, facts)
+
+
+def _fill_fixup(node_name: str, y: str) -> Fixup:
+    def apply(node: ir.Node, info: FixInfo) -> None:
+        old, new = info.old_shape(y), info.new_shape(y)
+        if tuple(old) != tuple(new):
+            info.new_const(node, 0, np.asarray([int(d) for d in new], dtype=np.int64))
+
+    return Fixup(node_name, "rewrite the ConstantOfShape shape", apply)
+
+
+@rule("ConstantOfShape", opsets=(9, None))
+def constant_of_shape(node, ctx: RuleContext) -> OpFacts:
+    """A tensor filled with one value (an RNN's zero initial state sized from the batch): any
+    of its channels can go, by rewriting the shape it is built from; a run-time shape must
+    hold the channel entries as constant parts of its Concat."""
+    shape, y = ctx.input(0), ctx.output(0)
+    facts = OpFacts()
+    slots = ctx.slots(y)
+    axes = sorted({a for s in slots for a in s.axes})
+    if not axes:
+        return facts
+    facts.links.extend(Link(s, s) for s in slots)  # a self-tie: the node joins the group
+    fill = node.attributes.get("value")
+    fill = 0.0 if fill is None else float(fill.value.numpy().reshape(-1)[0])
+    # every element of a removed channel holds the fill value: readers see a known constant
+    facts.transfer = lambda kappa: {s: np.full(ctx.slot_size(s), fill) for s in slots}
+    if ctx.const(shape) is not None:
+        facts.fixups.append(_fill_fixup(node.name, y))
+        return facts
+    target = ctx.view.partial_ints(shape)
+    parts = None if target is None else _concat_parts(ctx, shape, axes, node)
+    if parts is None:
+        return block(
+            ctx,
+            "ConstantOfShape shape is computed at run time and fixes a channel axis outside a "
+            "constant part of its Concat",
+        )
+    facts.fixups.append(_concat_target_fixup(node.name, y, axes, parts, index=0))
+    return facts

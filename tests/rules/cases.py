@@ -114,6 +114,13 @@ C = [
          " w = Where (o, k, s)\n y = Mul (c1, w)", decl="float k = {0.0}"),
     Case("expand_batch", "y = Expand (c1, sh)", decl="int64[4] sh = {1, 1, 6, 6}"),
     Case("expand_spatial", "g = GlobalAveragePool (c1)\n y = Expand (g, sh)", decl="int64[4] sh = {1, 8, 6, 6}"),
+    # a fill sized at run time from the batch (an RNN's zero state): its channel entry is rewritten
+    Case("constant_of_shape_runtime", "b = Shape <start = 0, end = 1> (c1)\n sh = Concat <axis = 0> (b, k)\n"
+         " z = ConstantOfShape <value = float[1] {0.0}> (sh)\n y = Add (c1, z)", decl="int64[3] k = {8, 6, 6}", batch="N", opset=15),
+    Case("constant_of_shape_static", "z = ConstantOfShape <value = float[1] {0.0}> (sh)\n y = Add (c1, z)",
+         decl="int64[4] sh = {1, 8, 6, 6}"),
+    Case("constant_of_shape_runtime_channels_block", "s = Shape (c1)\n z = ConstantOfShape <value = float[1] {0.0}> (s)\n"
+         " y = Add (c1, z)", "block:Shape reads the channel count", batch="N"),
     Case("expand_creates_channels_blocks", "g = ReduceMean <axes = [1]> (c1)\n e = Expand (g, sh)\n y = Add (c1, e)",
          "block:Expand broadcasts it", decl="int64[4] sh = {1, 8, 6, 6}"),
     # -- conv family ----------------------------------------------------------------------

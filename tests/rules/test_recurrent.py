@@ -320,18 +320,24 @@ def _torch_rnn(kind: str, bidirectional: bool):
 
 @pytest.mark.torch
 @pytest.mark.parametrize(
-    ("kind", "bidirectional", "exporter"),
+    ("kind", "bidirectional", "exporter", "dynamic"),
     [
-        ("LSTM", True, "legacy"),
-        ("GRU", False, "legacy"),
-        ("RNN", True, "legacy"),
-        ("LSTM", False, "dynamo"),
-        ("GRU", True, "dynamo"),
+        ("LSTM", True, "legacy", False),
+        ("GRU", False, "legacy", False),
+        ("RNN", True, "legacy", False),
+        ("LSTM", False, "dynamo", False),
+        ("GRU", True, "dynamo", False),
+        ("LSTM", True, "legacy", True),
+        ("GRU", False, "legacy", True),
+        ("RNN", False, "legacy", True),
     ],
 )
-def test_torch_export_prunes_hidden_units(tmp_path, kind, bidirectional, exporter):
+def test_torch_export_prunes_hidden_units(tmp_path, kind, bidirectional, exporter, dynamic):
     """nn.LSTM / GRU / RNN (2 layers, batch_first) exported by torch: every layer's hidden
-    units and the projection prune, the oracle holds, and hidden_size shrinks."""
+    units and the projection prune, the oracle holds, and hidden_size shrinks. With a dynamic
+    batch and sequence, the legacy exporter builds one zero initial state for every layer
+    from the run-time batch (ConstantOfShape of a Concat, sliced per layer): each layer gets
+    its own copy, and its hidden entry is rewritten."""
     import warnings
 
     torch = pytest.importorskip("torch")
@@ -343,7 +349,9 @@ def test_torch_export_prunes_hidden_units(tmp_path, kind, bidirectional, exporte
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "legacy":
-            torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17)
+            axes = {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}} if dynamic else None
+            torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=["y"], dynamic_axes=axes)  # fmt: skip
         else:
             torch.onnx.export(net, (x,), str(path), dynamo=True, opset_version=18, verbose=False)
     model = spa_nm.load(path)
@@ -351,6 +359,9 @@ def test_torch_export_prunes_hidden_units(tmp_path, kind, bidirectional, exporte
     res = spa_nm.prune(model, 0.5, round_to=1)
     check_model(res.model)
     assert_prune_equivalent(model, res, atol=1e-5)
+    if dynamic:
+        assert not isinstance(model.graph.inputs[0].shape[0], int)
+        assert any(n.op_type == "ConstantOfShape" for n in res.model.graph)
     sizes = [int(n.attributes["hidden_size"].value) for n in res.model.graph if n.op_type == kind]
     assert sizes and all(s == H // 2 for s in sizes), sizes
     assert res.report["params_after"] < 0.6 * res.report["params_before"]
