@@ -26,7 +26,7 @@ from spa_nm.passes import (
 )
 from spa_nm.plan import DEFAULT_ROUND_TO, PruneConfig, PrunePlan, make_plan
 from spa_nm.surgery import apply_plan, check_model
-from spa_nm.symbolic import has_symbolic_dims, refine_symbolic_shapes
+from spa_nm.symbolic import has_symbolic_dims, has_unknown_shapes, refine_symbolic_shapes
 
 __all__ = ["PruneResult", "analyze", "copy_model", "inspect", "load", "prune", "save", "sparsify"]
 
@@ -82,7 +82,11 @@ def _prepared(model: ir.Model) -> ir.Model:
     seeing the folded constants, makes more of it static (a few rounds)."""
     work = copy_model(model)
     # symbolic dims: keep their names through attention and run-time shape targets
-    symbolic = refine_symbolic_shapes(work) > 0 or has_symbolic_dims(work)
+    symbolic = has_symbolic_dims(work) or has_unknown_shapes(work)
+    for _ in range(2):  # what it names, ONNX inference carries on (and back)
+        if not (symbolic and refine_symbolic_shapes(work)):
+            break
+        io.infer_shapes(work)
     split_shared_fills(work)  # one zero state per stacked-RNN layer, not one for all
     for _ in range(4):
         # unmerge: a batched transpose written through a merged [B*H] axis (dynamo exporter)

@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from spa_nm.io import light_proto
 
-__all__ = ["has_symbolic_dims", "refine_symbolic_shapes"]
+__all__ = ["has_symbolic_dims", "has_unknown_shapes", "refine_symbolic_shapes"]
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,14 @@ def has_symbolic_dims(model: ir.Model) -> bool:
     return any(
         v.shape is not None and any(not isinstance(d, int) for d in v.shape)
         for v in model.graph.inputs
+    )
+
+
+def has_unknown_shapes(model: ir.Model) -> bool:
+    """Whether some node output has no shape (an op ONNX cannot infer, such as onnxruntime's
+    contrib ops, which the symbolic inference knows)."""
+    return any(
+        v.shape is None and v.const_value is None for node in model.graph for v in node.outputs
     )
 
 
@@ -92,7 +100,7 @@ def refine_symbolic_shapes(model: ir.Model) -> int:
     """Run onnxruntime's symbolic shape inference on a light copy of ``model`` and adopt its
     shapes where they are more specific. Returns the number of values refined (0 when the
     graph has no symbolic input dims, the tool is missing, or it failed)."""
-    if not has_symbolic_dims(model):
+    if not (has_symbolic_dims(model) or has_unknown_shapes(model)):
         return 0
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
@@ -119,17 +127,19 @@ def refine_symbolic_shapes(model: ir.Model) -> int:
         tool_log.setLevel(level)
     if out is None:
         return 0
-    found = {vi.name: _dims(vi) for vi in out.graph.value_info}
-    found.update({vi.name: _dims(vi) for vi in out.graph.output})
+    infos = {vi.name: vi for vi in (*out.graph.value_info, *out.graph.output)}
     refined = 0
     for node in model.graph:
         for v in node.outputs:
-            dims = found.get(v.name)
+            vi = infos.get(v.name)
+            dims = None if vi is None else _dims(vi)
             if dims is None or v.const_value is not None:
                 continue
             merged = _better(v.shape, dims)
             if merged is None:
                 continue
             v.shape = ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in merged])
+            if v.dtype is None and vi.type.tensor_type.elem_type:
+                v.dtype = ir.DataType(vi.type.tensor_type.elem_type)
             refined += 1
     return refined

@@ -473,25 +473,30 @@ C = [
         opset=23,
         decl="float[8] s",
     ),
-    *[
-        Case(
-            f"ms_{op.lower()}_blocks",
-            "r = Reshape (c1, s3)\n t = Transpose <perm = [0, 2, 1]> (r)\n"
-            f" a = com.microsoft.{op} <num_heads = 4> (t, t, t)\n"
-            " u = Transpose <perm = [0, 2, 1]> (a)\n y = Reshape (u, s4)",
-            "block:packs Q/K/V",
-            decl="int64[3] s3 = {1, 8, 36}, int64[4] s4 = {1, 8, 6, 6}",
-            domains=', "com.microsoft" : 1',
-        )
-        for op in ("MultiHeadAttention",)
-    ],
+    # onnxruntime's contrib attention (tests/rules/test_attention.py has the structural checks)
     Case(
-        "ms_attention_blocks",
+        "ms_multiheadattention_self",
+        "r = Reshape (c1, s3)\n t = Transpose <perm = [0, 2, 1]> (r)\n"
+        " a = com.microsoft.MultiHeadAttention <num_heads = 4> (t, t, t)\n"
+        " u = Transpose <perm = [0, 2, 1]> (a)\n y = Reshape (u, s4)",
+        decl="int64[3] s3 = {1, 8, 36}, int64[4] s4 = {1, 8, 6, 6}",
+        domains=', "com.microsoft" : 1',
+    ),
+    Case(
+        "ms_attention_fused",
         "r = Reshape (c1, s3)\n t = Transpose <perm = [0, 2, 1]> (r)\n"
         " a = com.microsoft.Attention <num_heads = 4> (t, wqkv, bqkv)\n"
         " u = Transpose <perm = [0, 2, 1]> (a)\n y = Reshape (u, s4)",
-        "block:packs Q/K/V",
         decl="int64[3] s3 = {1, 8, 36}, int64[4] s4 = {1, 8, 6, 6}, float[8, 24] wqkv, float[24] bqkv",
+        domains=', "com.microsoft" : 1',
+    ),
+    Case(
+        "ms_groupqueryattention",
+        "r = Reshape (c1, s3)\n t = Transpose <perm = [0, 2, 1]> (r)\n q = MatMul (t, wq)\n kv = MatMul (t, wk)\n"
+        " a, pk, pv = com.microsoft.GroupQueryAttention <num_heads = 4, kv_num_heads = 2> (q, kv, kv, , , sl, tl)\n"
+        " o = MatMul (a, wo)\n u = Transpose <perm = [0, 2, 1]> (o)\n y = Reshape (u, s4)",
+        decl="int64[3] s3 = {1, 8, 36}, int64[4] s4 = {1, 8, 6, 6}, float[8, 32] wq, float[8, 16] wk, "
+        "float[32, 8] wo, int32[1] sl = {35}, int32 tl = {36}",
         domains=', "com.microsoft" : 1',
     ),
     Case("unknown_op_blocks", "y = LRN <size = 3> (c1)", "block:no rule"),

@@ -325,3 +325,91 @@ def test_attention_op_used_cache_output_blocks():
         "y0 = Reshape (zt, s4)\n pks = ReduceSum <keepdims = 0> (pk)\n y = Add (y0, pks)",
     )
     check(Case("cache", net(body, decl, opset=23), "block:is used", target="q"))
+
+
+# -- onnxruntime's contrib attention ops (com.microsoft) ------------------------------------
+
+MS = ', "com.microsoft" : 1'
+
+
+def mha_op(n: int, d: int = 4, bias: bool = False, extra: str = "") -> tuple[str, str]:
+    """MultiHeadAttention over separate Q/K/V projections of the 36 tokens."""
+    b = ", qkvb" if bias else ""
+    body = ("r = Reshape (p, s3)\n tok = Transpose <perm = [0, 2, 1]> (r)\n q = MatMul (tok, wq)\n k = MatMul (tok, wk)\n"
+            f" v = MatMul (tok, wv)\n a = com.microsoft.MultiHeadAttention <num_heads = {n}{extra}> (q, k, v{b})\n"
+            " z = MatMul (a, wo)\n zt = Transpose <perm = [0, 2, 1]> (z)\n y = Reshape (zt, s4)")  # fmt: skip
+    decl = (f"int64[3] s3 = {{2, 8, {T}}}, float[8, {n * d}] wq, float[8, {n * d}] wk, float[8, {n * d}] wv, "
+            f"float[{n * d}, 8] wo, int64[4] s4 = {{2, 8, 6, 6}}" + (f", float[{3 * n * d}] qkvb" if bias else ""))  # fmt: skip
+    return body, decl
+
+
+def gqa_op(hq: int, hkv: int, d: int = 8) -> tuple[str, str]:
+    """GroupQueryAttention without a past cache (a prompt-only graph): seqlens_k = T - 1;
+    onnxruntime wants head sizes in multiples of 8."""
+    body = ("r = Reshape (p, s3)\n tok = Transpose <perm = [0, 2, 1]> (r)\n q = MatMul (tok, wq)\n k = MatMul (tok, wk)\n"
+            f" v = MatMul (tok, wv)\n a, pk, pv = com.microsoft.GroupQueryAttention <num_heads = {hq}, kv_num_heads = {hkv}>"
+            " (q, k, v, , , sl, tl)\n z = MatMul (a, wo)\n zt = Transpose <perm = [0, 2, 1]> (z)\n y = Reshape (zt, s4)")  # fmt: skip
+    decl = (f"int64[3] s3 = {{2, 8, {T}}}, float[8, {hq * d}] wq, float[8, {hkv * d}] wk, float[8, {hkv * d}] wv, "
+            f"float[{hq * d}, 8] wo, int64[4] s4 = {{2, 8, 6, 6}}, int32[2] sl = {{{T - 1}, {T - 1}}}, int32 tl = {{{T}}}")  # fmt: skip
+    return body, decl
+
+
+def fused_op(n: int, d: int = 4, sizes: str = "") -> tuple[str, str]:
+    """onnxruntime's fused Attention: the op holds the packed Q/K/V weights and bias."""
+    body = ("r = Reshape (p, s3)\n tok = Transpose <perm = [0, 2, 1]> (r)\n"
+            f" a = com.microsoft.Attention <num_heads = {n}{sizes}> (tok, wqkv, bqkv)\n"
+            " z = MatMul (a, wo)\n zt = Transpose <perm = [0, 2, 1]> (z)\n y = Reshape (zt, s4)")  # fmt: skip
+    decl = (f"int64[3] s3 = {{2, 8, {T}}}, float[8, {3 * n * d}] wqkv, float[{3 * n * d}] bqkv, "
+            f"float[{n * d}, 8] wo, int64[4] s4 = {{2, 8, 6, 6}}")  # fmt: skip
+    return body, decl
+
+
+def ms_case(cid, op, expect="prune", prune_kw=None, target="q") -> Case:
+    body, decl = op
+    return Case(cid, net(body, decl, opset=17, domains=MS), expect, target=target, prune_kw=prune_kw or {})
+
+
+MS_CASES = [
+    ms_case("mha_heads", mha_op(4)),
+    ms_case("mha_heads_bias", mha_op(4, bias=True)),
+    ms_case("mha_head_dim", mha_op(4), prune_kw={"attention": "head_dim"}),
+    ms_case("mha_head_dim_bias_blocks", mha_op(4, bias=True), "block:prunes whole heads only",
+            prune_kw={"attention": "head_dim"}),
+    ms_case("gqa_heads", gqa_op(4, 2)),
+    ms_case("gqa_head_dim_blocks", gqa_op(4, 2), "block:prunes whole heads only", {"attention": "head_dim"}),
+    ms_case("fused_heads", fused_op(4), target="a"),
+    ms_case("fused_sizes", fused_op(4, sizes=", qkv_hidden_sizes = [16, 16, 16]"), target="a"),
+]  # fmt: skip
+
+
+@variants(MS_CASES)
+def test_contrib_attention(case):
+    check(case)
+
+
+def test_mha_rewrites_num_heads_and_slices_the_bias():
+    res = check(ms_case("mha", mha_op(4, bias=True)))
+    assert _attrs(res, "MultiHeadAttention")["num_heads"] == 2
+    assert shape_of(res.model, "q") == (2, T, 8)
+    assert res.model.graph.initializers["qkvb"].const_value.shape == (24,)
+
+
+def test_gqa_rewrites_both_head_counts():
+    res = check(ms_case("gqa", gqa_op(4, 2)))
+    attrs = _attrs(res, "GroupQueryAttention")
+    assert attrs["num_heads"] == 2 and attrs["kv_num_heads"] == 1
+    assert shape_of(res.model, "k") == (2, T, 8)
+
+
+def test_fused_attention_removes_whole_heads():
+    res = check(ms_case("fused", fused_op(4, sizes=", qkv_hidden_sizes = [16, 16, 16]"), target="a"))
+    attrs = _attrs(res, "Attention")
+    assert attrs["num_heads"] == 2 and list(attrs["qkv_hidden_sizes"]) == [8, 8, 8]
+    assert res.model.graph.initializers["wqkv"].const_value.shape[1] == 24
+    assert shape_of(res.model, "a") == (2, T, 8)
+
+
+def test_fused_attention_head_dim_mode_keeps_heads():
+    """Head dims of the fused op have no value of their own: heads mode only; in head_dim
+    mode its heads stay, with the reason."""
+    check(ms_case("f", fused_op(4), "block:prunes whole heads only", {"attention": "head_dim"}, target="a"))
