@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from spa_nm.facts import Blocked, FixInfo, Fixup, Link, OpFacts, Param, Role, Slot
 from spa_nm.rules._context import RuleContext
-from spa_nm.rules._helpers import block
+from spa_nm.rules._helpers import block, map_axes
 from spa_nm.rules._registry import rule
 
 __all__ = ["batched_matmul"]
@@ -230,7 +230,8 @@ def einsum(node, ctx: RuleContext) -> OpFacts | Blocked:
     names = (*(ctx.input(i) for i in range(len(node.inputs))), ctx.output(0))
     shapes = tuple(ctx.shape(v) for v in names)
     known = [ctx.slots(v) for v in names]
-    if not any(known):
+    weighted = any(ctx.is_param(v) for v in names[:-1])  # a weight produces channels itself
+    if not any(known) and not weighted:
         return OpFacts()
     if any(v is None for v in names) or any(s is None for s in shapes):
         return block(ctx, "Einsum with unknown shapes")
@@ -243,6 +244,11 @@ def einsum(node, ctx: RuleContext) -> OpFacts | Blocked:
     terms = [*parsed[0], parsed[1]]
     if any(len(set(tk)) != len(tk) for tk in terms):
         return block(ctx, "Einsum with a repeated letter in one operand (a diagonal)")
+    consts = [t for t in range(len(names) - 1) if ctx.is_param(names[t])]
+    if consts:
+        if len(names) != 3 or len(consts) != 1:
+            return block(ctx, "Einsum with constant operands other than one weight of one input")
+        return _einsum_linear(ctx, names, shapes, terms, consts[0])
     size: dict[str, int | str] = {}
     for tk, s in zip(terms, shapes, strict=True):
         for letter, d in zip(tk, s, strict=True):
@@ -256,6 +262,70 @@ def einsum(node, ctx: RuleContext) -> OpFacts | Blocked:
                 continue  # broadcast
             members.setdefault((letter, 0), []).append((t, ax))
     return _couple(ctx, names, shapes, known, pos, members)
+
+
+def _einsum_linear(ctx: RuleContext, names, shapes, terms, wi: int) -> OpFacts | Blocked:
+    """An Einsum of one activation with one constant weight is a linear layer written as an
+    equation (Keras ``EinsumDense``, JAX/Flax ``DenseGeneral``, ``"bsd,dnh->bsnh"``). Each letter
+    of the weight is (METHODS.md §1.2 item 3, per axis):
+
+    - in the output, not the input: an output channel axis the weight produces (its slices are
+      the producer rows; a zeroed slice makes those outputs exactly 0);
+    - in the input, not the output: contracted, so it reads an input channel axis (the
+      consumer columns);
+    - in the input and the output (a per-group weight): coupled like a depthwise weight, not
+      supported yet: a channel slot there blocks.
+
+    Letters of the input alone in the output pass through (batch, tokens); a letter of the
+    input summed away (in neither the weight nor the output) blocks a channel slot on it."""
+    ai = 1 - wi
+    a, w, y = names[ai], names[wi], names[2]
+    ta, tw, ty = terms[ai], terms[wi], terms[2]
+    facts = OpFacts()
+    handled: dict[str, set[Slot]] = {a: set(), y: set()}
+    for axw, letter in enumerate(tw):
+        in_a, in_y = letter in ta, letter in ty
+        if in_y and not in_a:
+            sy = Slot(y, (ty.index(letter),))
+            if shapes[2][sy.axes[0]] == 1:
+                continue
+            facts.params.append(Param(w, axw, sy, Role.WEIGHT_OUT))
+            facts.resets.append(sy)
+            handled[y].add(sy)
+        elif in_a and not in_y:
+            sa = Slot(a, (ta.index(letter),))
+            if shapes[ai][sa.axes[0]] == 1:
+                continue
+            facts.params.append(Param(w, axw, sa, Role.WEIGHT_IN))
+            handled[a].add(sa)
+        elif in_a and in_y:
+            for v, tk in ((a, ta), (y, ty)):
+                if any(tk.index(letter) in s.axes for s in ctx.slots(v)):
+                    return block(ctx, f"Einsum weight indexed by the channel letter {letter!r} of its input and output")
+    # composite slots on the handled axes (a head split on the output) are not per-axis
+    for v in (a, y):
+        for s in ctx.slots(v):
+            if s not in handled[v] and any(Slot(v, (ax,)) in handled[v] for ax in s.axes):
+                return block(ctx, f"Einsum does not carry channel slot {s} across its weight axes")
+    amap = {k: ty.index(letter) for k, letter in enumerate(ta) if letter in ty and letter not in tw}
+    restricted = _Hide(ctx, handled)
+    if not map_axes(restricted, a, y, amap, facts, what="Einsum sums it away"):
+        return facts
+    return facts
+
+
+class _Hide:
+    """A context view that hides the slots a rule handles itself from `map_axes`."""
+
+    def __init__(self, ctx: RuleContext, hidden: dict[str, set[Slot]]) -> None:
+        self._ctx = ctx
+        self._hidden = hidden
+
+    def slots(self, value):
+        return [s for s in self._ctx.slots(value) if s not in self._hidden.get(value, set())]
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
 
 
 # -- the ONNX Attention op (opset 23) ---------------------------------------------------------

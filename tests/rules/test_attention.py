@@ -413,3 +413,71 @@ def test_fused_attention_head_dim_mode_keeps_heads():
     """Head dims of the fused op have no value of their own: heads mode only; in head_dim
     mode its heads stay, with the reason."""
     check(ms_case("f", fused_op(4), "block:prunes whole heads only", {"attention": "head_dim"}, target="a"))
+
+
+# -- Einsum with a constant weight: a linear layer written as an equation ------------------------
+
+
+def _einsum_net(text: str, weights: dict[str, tuple[int, ...]]):
+    import onnx
+    import onnx.parser
+    import onnx_ir as ir
+
+    from spa_nm import io
+
+    proto = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    for name, shape in weights.items():
+        arr = (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(arr, name))
+    return io.infer_shapes(ir.serde.deserialize_model(proto))
+
+
+KERAS_MHA = """<ir_version: 8, opset_import: ["" : 17]>
+mha (float[2, 6, 16] x) => (float[2, 6, 16] y) <float sc = {0.5}> {
+  q = Einsum <equation = "abc,cde->abde"> (x, wq)
+  k = Einsum <equation = "abc,cde->abde"> (x, wk)
+  v = Einsum <equation = "abc,cde->abde"> (x, wv)
+  qs = Mul (q, sc)
+  s = Einsum <equation = "aecd,abcd->acbe"> (k, qs)
+  p = Softmax <axis = -1> (s)
+  c = Einsum <equation = "acbe,aecd->abcd"> (p, v)
+  o = Einsum <equation = "abcd,cde->abe"> (c, wo)
+  h = Einsum <equation = "abc,cd->abd"> (o, w1)
+  r = Relu (h)
+  y = Einsum <equation = "abd,dc->abc"> (r, w2)
+}"""
+KERAS_W = {"wq": (16, 4, 4), "wk": (16, 4, 4), "wv": (16, 4, 4), "wo": (4, 4, 16), "w1": (16, 32), "w2": (32, 16)}
+
+
+@pytest.mark.parametrize("mode", ["heads", "head_dim"])
+def test_einsum_dense_attention_and_mlp(mode):
+    """Keras' MultiHeadAttention as tf2onnx writes it (EinsumDense projections to [B, T, H, d],
+    Einsum scores and context, EinsumDense output) plus an Einsum MLP: the weights' output
+    letters are producer axes, their contracted letters consumer axes; heads, head dims and
+    the MLP hidden units all prune, exactly."""
+    from spa_nm.testing import assert_prune_equivalent
+
+    model = _einsum_net(KERAS_MHA, KERAS_W)
+    res = spa_nm.prune(model, 0.5, round_to=1, attention=mode)
+    sizes = sorted(res.graph.groups[g].size for g in res.plan.removed)
+    # heads (Q/K/V/out), Q·K head dims, V head dims (with the output projection's rows),
+    # the output projection's 16 channels (read by the MLP) and the MLP's 32 hidden units
+    assert sizes == [4, 4, 4, 16, 32], sizes
+    assert_prune_equivalent(model, res, atol=1e-5)
+    w = {k: tuple(v.const_value.shape) for k, v in res.model.graph.initializers.items()}
+    assert w["wq"] == w["wk"] == w["wv"] == (16, 2, 2) and w["wo"] == (2, 2, 8), w
+    assert w["w1"] == (8, 16) and w["w2"] == (16, 16), w
+
+
+def test_einsum_weight_sharing_a_channel_letter_blocks():
+    """A per-channel weight (``"bsh,hk->bhk"``: h in the input, the weight and the output) is
+    neither a producer nor a consumer of h: the channel group of h blocks with the reason."""
+    text = """<ir_version: 8, opset_import: ["" : 17]>
+g (float[2, 5, 8] x) => (float[2, 4, 3] y) {
+  h = Einsum <equation = "bsd,dh->bsh"> (x, w1)
+  y = Einsum <equation = "bsh,hk->bhk"> (h, w2)
+}"""
+    g = spa_nm.analyze(_einsum_net(text, {"w1": (8, 4), "w2": (4, 3)}))
+    reasons = [b.reason for grp in g.groups for b in grp.blocked]
+    assert any("indexed by the channel letter 'h'" in r for r in reasons), reasons
