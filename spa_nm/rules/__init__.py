@@ -3,6 +3,7 @@
 from spa_nm.rules import (  # noqa: F401  (registration side effects)
     attention,
     concat_split,
+    contrib,
     conv,
     elementwise,
     linear,

@@ -123,6 +123,38 @@ C = [
          " y = Add (c1, z)", "block:Shape reads the channel count", batch="N"),
     Case("expand_creates_channels_blocks", "g = ReduceMean <axes = [1]> (c1)\n e = Expand (g, sh)\n y = Add (c1, e)",
          "block:Expand broadcasts it", decl="int64[4] sh = {1, 8, 6, 6}"),
+    # -- onnxruntime contrib element-wise ops and norms (rules/contrib.py); a bias or a norm
+    # runs over the last axis, so those cases see c1 channels-last. (BiasAdd has no CPU kernel:
+    # no case here can run it, so its rule is not registered; tests/rules/test_contrib.py.)
+    *[
+        Case(f"ms_{op.lower()}", f"y = com.microsoft.{op} {attrs}(c1)", domains=', "com.microsoft" : 1')
+        for op, attrs in (("Gelu", ""), ("QuickGelu", "<alpha = 1.5> "), ("FastGelu", ""))
+    ],
+    *[
+        Case(
+            f"ms_{op.lower()}_channels_last",
+            "t = Transpose <perm = [0, 2, 3, 1]> (c1)\n"
+            f" a = com.microsoft.{op} (t, bl)\n y = Transpose <perm = [0, 3, 1, 2]> (a)",
+            decl="float[8] bl",
+            domains=', "com.microsoft" : 1',
+        )
+        for op in ("FastGelu", "BiasGelu")
+    ],
+    *[
+        Case(  # the skip norms take [B, T, H] tokens: c1's 8 channels are the hidden axis of 36
+            f"ms_{name}_channel_is_approximate",
+            "r = Reshape (c1, s3)\n t = Transpose <perm = [0, 2, 1]> (r)\n"
+            f" n = {norm}\n u = Transpose <perm = [0, 2, 1]> (n)\n y = Reshape (u, s4)",
+            "block:allowed with --allow-approximate",
+            decl="int64[3] s3 = {1, 8, 36}, int64[4] s4 = {1, 8, 6, 6}, float[8] g, float[8] be, float[8] bl",
+            domains=', "com.microsoft" : 1',
+        )
+        for name, norm in (
+            ("skiplayernorm", "com.microsoft.SkipLayerNormalization (t, t, g, be, bl)"),
+            ("skipsimplifiedlayernorm", "com.microsoft.SkipSimplifiedLayerNormalization (t, t, g, bl)"),
+            ("simplifiedlayernorm", "SimplifiedLayerNormalization (t, g)"),  # ONNX domain (onnxruntime's)
+        )
+    ],
     # -- conv family ----------------------------------------------------------------------
     Case(
         "conv_group1",
