@@ -62,10 +62,6 @@ log = logging.getLogger(__name__)
 Fn = Callable[[np.ndarray], np.ndarray]
 
 
-def _identity(v: np.ndarray) -> np.ndarray:
-    return v
-
-
 def _quick_gelu(alpha: float) -> Fn:
     return lambda v: v * _sigmoid(alpha * v)
 
