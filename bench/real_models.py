@@ -54,6 +54,58 @@ def _extra_models(tmp: Path) -> list[tuple[str, Path, int, dict]]:
         out.append(("skl2onnx: MLPClassifier (32, 16) on digits", dst, 32, {}))
     except BaseException as e:
         print(f"skl2onnx model skipped: {e}")
+    try:
+        import warnings
+
+        from sklearn.neural_network import MLPClassifier
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from skl2onnx import to_onnx
+
+        from tests.test_real_models import _fit_digits_mlp
+
+        _, x = _fit_digits_mlp()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(32, 16), max_iter=25, random_state=0))
+            pipe.fit(x, np.arange(len(x)) % 10)
+        dst = tmp / "digits_pipeline_zipmap.onnx"
+        onnx.save(to_onnx(pipe, x[:1], target_opset=17), dst)
+        out.append(("skl2onnx: Pipeline(StandardScaler, MLPClassifier), ZipMap output", dst, 32, {}))
+    except BaseException as e:
+        print(f"skl2onnx pipeline skipped: {e}")
+    out += _transformer_models(tmp)
+    return out
+
+
+def _transformer_models(tmp: Path) -> list[tuple[str, Path, int, dict]]:
+    """Transformers built from small configs (random weights): a legacy-exported Llama with a
+    symbolic batch and sequence, and BERT / GPT-2 / ViT rewritten by onnxruntime's transformer
+    optimizer (com.microsoft fused ops). Skipped without torch and transformers."""
+    out = []
+    try:
+        import logging
+
+        from models.transformers_zoo import cached_export
+
+        p = cached_export("llama_tiny", "legacy", tmp, dynamic=True)
+        out.append(("torch legacy exporter: Llama (GQA, rotary, SwiGLU), dynamic batch+seq", p, 16, {}))
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        for name, kind, exporter in (("bert_tiny", "bert", "dynamo"), ("gpt2_tiny", "gpt2", "legacy"),
+                                     ("vit_tiny", "vit", "dynamo")):  # fmt: skip
+            src = cached_export(name, exporter, tmp)
+            logging.disable(logging.WARNING)
+            try:
+                opt = optimize_model(str(src), model_type=kind, num_heads=4, hidden_size=64, opt_level=0)
+            finally:
+                logging.disable(logging.NOTSET)
+            dst = tmp / f"{name}-{exporter}-ortopt.onnx"
+            opt.save_model_to_file(str(dst))
+            out.append((f"onnxruntime transformer optimizer: {name} ({exporter} export), fused contrib ops",
+                        dst, 16, {}))  # fmt: skip
+    except BaseException as e:
+        print(f"transformer models skipped: {e}")
     return out
 
 

@@ -30,8 +30,7 @@ output and the sum output share the channel axis; gamma, beta and bias are membe
 output of a zeroed channel is 0 (gamma and beta zeroed), the sum output carries κ_input +
 κ_skip.
 
-Two notes for developers. ``bias_add`` is written but not registered (no CPU kernel, so the
-rule table's CPU oracle cannot run a case of it; see its docstring). ``SimplifiedLayerNormalization``
+A note for developers: ``SimplifiedLayerNormalization``
 is not an ONNX op, so the ONNX checker that every pruned model passes rejects it: importing
 this module registers onnxruntime's schema of it with ONNX (`_register_onnx_schema`).
 """
@@ -149,16 +148,12 @@ def bias_gelu(node, ctx: RuleContext) -> OpFacts | Blocked:
     return facts if isinstance(facts, Blocked) else _then(facts, _gelu)
 
 
+@rule("BiasAdd", domain=MS)
 def bias_add(node, ctx: RuleContext) -> OpFacts | Blocked:
     """``X + bias + skip``: the residual shares the slot, the bias is a member slice.
 
-    Not registered: onnxruntime has only a CUDA kernel for BiasAdd, so the rule table's CPU
-    oracle (tests/rules/test_rules.py runs every case of tests/rules/cases.py on onnxruntime
-    CPU) cannot run a case of it. tests/rules/test_contrib.py registers it for its own test,
-    which runs the model with BiasAdd written as two ONNX Adds. Register it with
-    ``rule("BiasAdd", domain=MS)(bias_add)`` once the table can hold a case without the
-    CPU oracle.
-    """
+    onnxruntime has only a CUDA kernel for BiasAdd: tests/rules/test_contrib.py checks the
+    oracle on the model with BiasAdd written as two ONNX Adds (its definition)."""
     return _sum(ctx, [0, 1, 2], 0, bias=1)
 
 

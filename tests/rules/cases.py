@@ -21,6 +21,7 @@ class Case:
     y_channels: int = 8
     batch: str = "1"
     domains: str = ""  # more opset imports: ', "com.microsoft" : 1'
+    oracle: bool = True  # False: onnxruntime has no CPU kernel (checked in the op's own tests)
 
 
 # small integer weights for the quantized-op cases
@@ -125,7 +126,7 @@ C = [
          "block:Expand broadcasts it", decl="int64[4] sh = {1, 8, 6, 6}"),
     # -- onnxruntime contrib element-wise ops and norms (rules/contrib.py); a bias or a norm
     # runs over the last axis, so those cases see c1 channels-last. (BiasAdd has no CPU kernel:
-    # no case here can run it, so its rule is not registered; tests/rules/test_contrib.py.)
+    # its case skips the oracle, which tests/rules/test_contrib.py runs on it as two Adds.)
     *[
         Case(f"ms_{op.lower()}", f"y = com.microsoft.{op} {attrs}(c1)", domains=', "com.microsoft" : 1')
         for op, attrs in (("Gelu", ""), ("QuickGelu", "<alpha = 1.5> "), ("FastGelu", ""))
@@ -140,6 +141,8 @@ C = [
         )
         for op in ("FastGelu", "BiasGelu")
     ],
+    Case("ms_biasadd_channels_last", "t = Transpose <perm = [0, 2, 3, 1]> (c1)\n a = com.microsoft.BiasAdd (t, bl, t)\n"
+         " y = Transpose <perm = [0, 3, 1, 2]> (a)", decl="float[8] bl", domains=', "com.microsoft" : 1', oracle=False),
     *[
         Case(  # the skip norms take [B, T, H] tokens: c1's 8 channels are the hidden axis of 36
             f"ms_{name}_channel_is_approximate",

@@ -34,7 +34,8 @@ def test_rule_case(tmp_path, case_id):
         assert group.id in res.plan.removed
         assert res.report["params_after"] < res.report["params_before"]
         check_model(res.model)
-        assert_prune_equivalent(model, res, atol=1e-5, rtol=1e-6)  # rtol: Exp & co reach hundreds
+        if case.oracle:
+            assert_prune_equivalent(model, res, atol=1e-5, rtol=1e-6)  # rtol: Exp & co reach hundreds
     else:
         want = case.expect.removeprefix("block:")
         assert not group.prunable, f"expected a block ({want}), got a prunable group"
@@ -45,6 +46,5 @@ def test_rule_case(tmp_path, case_id):
         )
         assert group.id not in res.plan.removed
         check_model(res.model)
-        assert_prune_equivalent(
-            model, res, atol=1e-5, rtol=1e-6
-        )  # whatever else was pruned stays exact
+        if case.oracle:  # whatever else was pruned stays exact
+            assert_prune_equivalent(model, res, atol=1e-5, rtol=1e-6)
