@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 from spa_nm.facts import FixInfo, Fixup, Link, OpFacts, Param, Role, Slot
 from spa_nm.rules._context import RuleContext
-from spa_nm.rules._helpers import block, copy_transfer, map_axes
+from spa_nm.rules._helpers import block, copy_transfer, map_axes, passthrough
 from spa_nm.rules._registry import rule
 
 __all__: list[str] = []
@@ -91,7 +91,12 @@ def concat(node, ctx: RuleContext) -> OpFacts:
     axis = ctx.axis(y, int(ctx.attr("axis", 1)))
     parts = [ctx.input(i) for i in range(len(node.inputs))]
     facts = OpFacts()
-    if not _pieces(ctx, y, [p for p in parts if p], axis, facts):
+    present = [p for p in parts if p]
+    if len(present) == 1 and not ctx.is_param(present[0]):
+        # one part (a cache Concat with no past, as onnxruntime's optimizer leaves them): a copy
+        passthrough(ctx, present[0], y, facts=facts)
+        return _with_copy(ctx, facts)
+    if not _pieces(ctx, y, present, axis, facts):
         return facts
     # links run part -> whole, which is input -> output: copy constants along them
     facts = _with_copy(ctx, facts)

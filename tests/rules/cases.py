@@ -280,6 +280,8 @@ C = [
         decl="int64[3] ax = {0, 2, 3}",
     ),
     # -- concat / split / slice ------------------------------------------------------------
+    # one part (a cache Concat with no past, left by onnxruntime's optimizer): a copy
+    Case("concat_single_input", "y = Concat <axis = 1> (c1)"),
     Case(
         "concat_channels",
         "d = Conv (c1, w2)\n y = Concat <axis = 1> (c1, d)",
