@@ -65,9 +65,34 @@ def analyze(
     ``allow_approximate`` are `prune`'s.
     """
     _check_attention(attention)
-    return _analyze(
-        _prepared(model), ignore=ignore, attention=attention, allow_approximate=allow_approximate
-    )
+    return _prepared_graph(model, ignore=ignore, attention=attention, allow_approximate=allow_approximate)[1]
+
+
+# block reasons that come from shapes inference left unknown (a symbolic dim it could not
+# carry, an op it does not know): worth a second, symbolic shape inference
+_SHAPE_REASONS = ("unknown", "no static size", "computed at run time", "partly broadcasts", "does not match")
+
+
+def _prepared_graph(model: ir.Model, **kw) -> tuple[ir.Model, DependencyGraph]:
+    """The prepared copy and its dependency graph. Where channels block for want of shapes
+    and the graph has symbolic dims or shapeless values, once more with onnxruntime's symbolic
+    shape inference (`spa_nm.symbolic`; seconds on a large CNN with symbolic image sizes, so
+    only when it can free something)."""
+    work = _prepared(model)
+    dg = _analyze(work, **kw)
+    wants = any(
+        any(r in b.reason for r in _SHAPE_REASONS) for g in dg.groups for b in g.blocked
+    ) or has_unknown_shapes(work)
+    if wants and (has_symbolic_dims(work) or has_unknown_shapes(work)):
+        sym = _prepared(model, symbolic=True)
+        sdg = _analyze(sym, **kw)
+        if _prunable_params(sdg) >= _prunable_params(dg):
+            return sym, sdg
+    return work, dg
+
+
+def _prunable_params(dg: DependencyGraph) -> int:
+    return sum(len(g.params) for g in dg.groups if g.prunable)
 
 
 def _check_attention(attention: str) -> None:
@@ -77,14 +102,13 @@ def _check_attention(attention: str) -> None:
         )
 
 
-def _prepared(model: ir.Model) -> ir.Model:
+def _prepared(model: ir.Model, symbolic: bool = False) -> ir.Model:
     """A copy with static shape arithmetic folded (exact), repeated while shape inference,
-    seeing the folded constants, makes more of it static (a few rounds)."""
+    seeing the folded constants, makes more of it static (a few rounds). ``symbolic``: first
+    name the dims ONNX leaves unknown and fill in shapes of ops it cannot infer."""
     work = copy_model(model)
-    # symbolic dims: keep their names through attention and run-time shape targets
-    symbolic = has_symbolic_dims(work) or has_unknown_shapes(work)
-    for _ in range(2):  # what it names, ONNX inference carries on (and back)
-        if not (symbolic and refine_symbolic_shapes(work)):
+    for _ in range(2 if symbolic else 0):  # what it names, ONNX inference carries on (and back)
+        if not refine_symbolic_shapes(work):
             break
         io.infer_shapes(work)
     split_shared_fills(work)  # one zero state per stacked-RNN layer, not one for all
@@ -177,10 +201,11 @@ def prune(
     )  # fmt: skip
     _check_attention(attention)
     t0 = time.perf_counter()
-    work = _prepared(model)
+    work, dg = _prepared_graph(
+        model, ignore=cfg.ignore, attention=attention, allow_approximate=allow_approximate
+    )
     before = count(work)
     source = copy_model(work)
-    dg = _analyze(work, ignore=cfg.ignore, attention=attention, allow_approximate=allow_approximate)
     plan = make_plan(dg, cfg)
     if not plan.removed:
         work = copy_model(model)  # nothing to remove: the input, unchanged

@@ -186,6 +186,7 @@ def analyze(
             node_slots[i].add(s)
         for p in f.params:
             param_of[p.param_slot].append(p)
+    nested: list[tuple[Slot, Slot]] = []  # (inner, outer): inner's axes within outer's
     for value, ss in known.items():
         for s in ss:
             size = _slot_size(view, s)
@@ -199,11 +200,16 @@ def analyze(
                     Blocked(value, "constant", "a constant tensor carries this channel")
                 )
             slots[s] = size
-        axes_seen: set[int] = set()
-        for s in sorted(ss):
-            if axes_seen & set(s.axes):
-                frozen[value].append(Blocked(value, "shape", "overlapping channel slots"))
-            axes_seen |= set(s.axes)
+        for s1 in ss:
+            for s2 in ss:
+                if s1 == s2 or not set(s1.axes) & set(s2.axes):
+                    continue
+                if set(s1.axes) < set(s2.axes):
+                    # a head axis seen alone by one rule and as (heads, head_dim) by another:
+                    # every element of the composite goes with its index on the smaller slot
+                    nested.append((s1, s2))
+                elif not set(s2.axes) < set(s1.axes):
+                    frozen[value].append(Blocked(value, "shape", "overlapping channel slots"))
     for ps in param_of:
         shape = view.shape(ps.value)
         slots[ps] = int(shape[ps.axes[0]])
@@ -261,6 +267,17 @@ def analyze(
             us.append(offsets[ps] + np.arange(slots[ps]))
             vs.append(offsets[p.slot] + idx)
             gx.add_edge(ps, p.slot, node=label)
+    for inner, outer in nested:
+        dims = view.shape(outer.value)
+        coords = np.indices([dims[a] for a in outer.axes]).reshape(len(outer.axes), -1)
+        pick = [coords[outer.axes.index(a)] for a in inner.axes]
+        idx = np.ravel_multi_index(pick, [dims[a] for a in inner.axes]) if pick else None
+        if idx is None or idx.size != slots[outer] or slots[inner] != math.prod(dims[a] for a in inner.axes):
+            frozen[outer.value].append(Blocked(outer.value, "shape", "overlapping channel slots"))
+            continue
+        us.append(offsets[outer] + np.arange(idx.size))
+        vs.append(offsets[inner] + idx)
+        gx.add_edge(inner, outer, node=outer.value)
     labels = _complete_composites(n, us, vs, slots, offsets, view)
 
     # -- constants carried by zeroed channels ---------------------------------------------

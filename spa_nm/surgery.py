@@ -280,7 +280,7 @@ def _new_shapes(dg: DependencyGraph, kept: dict[Slot, np.ndarray]) -> dict[str, 
             shape[s.axes[0]] = int(idx.size)
         else:
             # the units of a composite slot vary along one axis only (checked by the graph)
-            dims = [shape[a] for a in s.axes]
+            dims = [dg.view.shape(s.value)[a] for a in s.axes]  # before pruning
             k = composite_axis(dg.elements(s).reshape(dims))
             shape[s.axes[k]] = int(idx.size) // (math.prod(dims) // dims[k])
         out[s.value] = shape

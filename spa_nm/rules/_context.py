@@ -87,7 +87,10 @@ class RuleContext:
         """Channel slots known on ``value`` (from its producer or any consumer)."""
         if value is None:
             return []
-        return sorted(self._known.get(value, ()))
+        ss = sorted(self._known.get(value, ()))
+        # a slot nested in a larger one (a head axis next to its (heads, head_dim) composite,
+        # found in another order of the rules) follows the larger: the analysis ties them
+        return [s for s in ss if not any(set(s.axes) < set(o.axes) for o in ss)]
 
     def axis(self, value: str, axis: int) -> int:
         r = self.rank(value)

@@ -341,7 +341,7 @@ def optimized(export_dir, tmp_path_factory):
     ]
     # opt_level 1: Gelu without a bias after Gemm, whose output shapes ONNX inference cannot
     # reach past the contrib ops (onnxruntime's symbolic inference fills them in)
-    + [pytest.param(n, "legacy", 1) for n in ("bert_tiny", "vit_tiny")],
+    + [pytest.param(n, "legacy", 1) for n in ("bert_tiny", "vit_tiny", "gpt2_tiny")],
 )
 def test_optimized_transformer_prunes(optimized, name, exporter, level):
     """Every MLP hidden group and the attention heads of each layer prune exactly; the fused
@@ -393,3 +393,17 @@ def test_optimized_residual_stream_is_approximate(optimized):
     skips = [n for n in res.model.graph if n.op_type == "SkipLayerNormalization"]
     assert skips and all(n.inputs[2].const_value.shape == (32,) for n in skips)
     assert res.report["approximate"]["error"]["measured"]
+
+
+@pytest.mark.zoo
+@pytest.mark.torch
+def test_optimized_gpt2_head_dims_through_a_nested_slot(optimized):
+    """GPT-2 (legacy export) at opt_level 1 keeps a one-input cache Concat before Kᵀ: the
+    rules meet the head axis alone before its (heads, head_dim) composite. The nested slot
+    follows the composite, so head dims prune too, exactly."""
+    model = spa_nm.load(optimized("gpt2_tiny", "legacy", 1))
+    res = spa_nm.prune(model, 0.5, round_to=1, attention="head_dim")
+    sizes = sorted(res.graph.groups[g].size for g in res.plan.removed)
+    assert sizes == [32, 32, 256, 256], sizes  # Q·Kᵀ and V head dims (one fused group), MLPs
+    check_model(res.model)
+    assert_prune_equivalent(model, res, atol=1e-5)

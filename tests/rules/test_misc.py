@@ -65,12 +65,12 @@ CASES: list[Case] = [
         net("y = Gather <axis = 1> (p, idx)", "int64[3] idx = {0, 2, 4}", yc=3),
         "block:Gather indexes it",
     ),
-    # Einsum couples letters (rules/attention.py); a constant operand that carries the channel
-    # letter is not a member slice there
+    # Einsum with a weight is a linear layer (rules/attention.py); a weight indexed by the
+    # channel letter of both its input and its output (a per-channel scale) is not supported
     Case(
         "einsum_constant_operand_blocks",
         net('y = Einsum <equation = "nchw,c->nchw"> (p, k)', "float[8] k", opset=12),
-        "block:a constant tensor carries this channel",
+        "block:indexed by the channel letter 'c'",
     ),
     # ops without a rule block, whatever they are
     Case(
