@@ -40,7 +40,7 @@ ACTS = (
     "Neg",
 )
 # ops onnxruntime runs but that have no rule here: the pruner must block around them
-NO_RULE = ("LRN", "LpNormalization", "Shrink", "CumSum")
+NO_RULE = ("LpNormalization", "Shrink", "CumSum")
 KINDS = ("conv", "conv", "conv", "dwconv", "gconv", "bn", "act", "act", "add", "concat", "split",
          "shuffle", "se", "chmul", "chadd", "pool", "inorm", "slice", "convt", "resize", "pad")  # fmt: skip
 
@@ -230,9 +230,7 @@ def _step(b: _Builder, s: dict[str, Any]) -> None:
         b.pool.append((b.node("MaxPool", [y], kernel_shape=[3, 3])[0], c, hw))
     elif kind == "unknown":
         op = NO_RULE[s["k"] % len(NO_RULE)]
-        if op == "LRN":
-            y = b.node("LRN", [x], size=3)[0]
-        elif op == "LpNormalization":
+        if op == "LpNormalization":
             y = b.node("LpNormalization", [x], axis=1)[0]
         elif op == "CumSum":
             y = b.node("CumSum", [x, b.init(np.asarray(1, np.int64), "ax")])[0]

@@ -44,11 +44,11 @@ def test_unknown_op_is_declined_with_reason(tmp_path):
     import spa_nm
 
     built = fuzz.build(recipe)
-    assert "LRN" in built.ops
+    assert "LpNormalization" in built.ops
     p = tmp_path / "m.onnx"
     onnx.save(built.model, p)
     res = spa_nm.prune(spa_nm.load(p), 0.5)
-    assert any(b["op"] == "LRN" and "no rule" in b["reason"] for b in res.report["blocked"])
+    assert any(b["op"] == "LpNormalization" and "no rule" in b["reason"] for b in res.report["blocked"])
     fuzz.check(recipe, tmp_path)
 
 

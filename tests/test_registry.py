@@ -23,7 +23,7 @@ def test_every_registered_op_has_a_case():
 
 
 def test_unknown_op_has_no_rule():
-    assert lookup("", "LRN", 13) is None
+    assert lookup("", "LpNormalization", 13) is None
     assert lookup("com.example", "Relu", 13) is None  # domains are not mixed up
 
 

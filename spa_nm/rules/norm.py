@@ -2,13 +2,16 @@
 scale, shift and statistics as member slices; norms whose statistics mix the channel axis
 (GroupNorm) block it: removing a channel would change every other channel's output
 (METHODS.md §1.3). LayerNorm and RMSNorm over the last axis (a transformer's residual stream)
-are *approximate*: blocked unless the analysis allows approximation."""
+are *approximate*: blocked unless the analysis allows approximation, and so is LRN, which
+divides each channel by its neighbours' energy."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from spa_nm.facts import OpFacts, Param, Role, Slot
 from spa_nm.rules._context import RuleContext
-from spa_nm.rules._helpers import RestrictedContext, block, map_axes
+from spa_nm.rules._helpers import RestrictedContext, block, map_axes, unary_transfer
 from spa_nm.rules._registry import rule
 
 __all__: list[str] = []
@@ -126,4 +129,39 @@ def _normalization(ctx: RuleContext, roles: list[tuple[int, Role]], stats: str) 
         facts.resets.append(sy)
         break
     map_axes(RestrictedContext(ctx, {x: {last}, y: {Slot(y, (r - 1,))}}), x, y, {a: a for a in range(axis)}, facts)
+    return facts
+
+
+@rule("LRN")
+def lrn(node, ctx: RuleContext) -> OpFacts:
+    """Local response normalization (AlexNet, GoogLeNet): channel ``c`` is divided by
+    ``(bias + alpha/size · Σ x²)^beta`` over the ``size`` channels around it. Removing a
+    channel changes the sums of its neighbours, so pruning the channel axis is *approximate*
+    (METHODS.md §1.3, the LayerNorm row's treatment: blocked unless allowed, then reported with
+    its measured error). Other axes pass through. A zeroed channel stays 0 (0 divided by a
+    positive denominator); any other constant does not survive."""
+    x, y = ctx.input(0), ctx.output(0)
+    facts = OpFacts()
+    r = ctx.rank(x)
+    if r is None:
+        return block(ctx, "input rank is unknown") if ctx.slots(x) or ctx.slots(y) else facts
+    for s in ctx.slots(x) + ctx.slots(y):
+        if 1 not in s.axes:
+            continue
+        if s.axes != (1,):
+            return block(ctx, f"LRN normalizes over channel slot {s} and other axes")
+        facts.approximate.append(
+            block(
+                ctx,
+                f"LRN normalizes each channel of slot {s} by its neighbours: removing channels "
+                "changes them",
+                (x, y),
+            )
+        )
+        break
+    if not map_axes(ctx, x, y, {a: a for a in range(r)}, facts):
+        return facts
+    facts.transfer = unary_transfer(
+        facts.links, lambda s: ctx.slot_size(s), lambda v: np.where(v == 0, 0.0, np.nan)
+    )
     return facts

@@ -536,7 +536,8 @@ C = [
         "float[32, 8] wo, int32[1] sl = {35}, int32 tl = {36}",
         domains=', "com.microsoft" : 1',
     ),
-    Case("unknown_op_blocks", "y = LRN <size = 3> (c1)", "block:no rule"),
+    Case("unknown_op_blocks", "y = LpNormalization <axis = 1> (c1)", "block:no rule"),
+    Case("lrn_channel_is_approximate", "y = LRN <size = 3> (c1)", "block:allowed with --allow-approximate"),
     Case(
         "shared_initializer_elsewhere_blocks",
         "y = Mul (c1, k)\n z = Add (k, k)",

@@ -74,9 +74,9 @@ CASES: list[Case] = [
     ),
     # ops without a rule block, whatever they are
     Case(
-        "lrn_has_no_rule",
-        net("y = LRN <size = 3> (p)"),
-        "block:no rule for ai.onnx::LRN",
+        "lpnormalization_has_no_rule",
+        net("y = LpNormalization <axis = 1> (p)"),
+        "block:no rule for ai.onnx::LpNormalization",
     ),
     Case(
         "custom_op_has_no_rule",

@@ -207,3 +207,51 @@ def test_norm_over_channels_approximate(kind):
     assert err["mean_abs"] == pytest.approx(float(np.abs(got - ref).mean()), rel=1e-6)
     assert err["max_abs"] > 1e-3  # removing channels really changed the statistics
     assert res.report["approximate"]["groups"][0]["reasons"]
+
+
+# -- LRN: each channel divided by its neighbours' energy (approximate) ------------------------
+
+_LRN = """
+<ir_version: 9, opset_import: ["" : 13]>
+g (float[2, 3, 5, 5] x) => (float[2, 4, 5, 5] y)
+<float[8, 3, 1, 1] w1, float[8] b1, float[4, 8, 1, 1] w2>
+{
+  h = Conv (x, w1, b1)
+  n = LRN <size = 3, alpha = 0.5, beta = 0.75, bias = 1.0> (h)
+  y = Conv (n, w2)
+}
+"""
+
+
+def _lrn_reference(w, x, keep):
+    """LRN (ONNX definition) over the kept channels only, from the original weights."""
+    import numpy as np
+
+    h = np.einsum("nchw,kc->nkhw", x, w["w1"][keep, :, 0, 0]) + w["b1"][keep][None, :, None, None]
+    c = h.shape[1]
+    sq = np.zeros_like(h)
+    for i in range(c):  # window: channels i - 1 .. i + 1 (size 3)
+        sq[:, i] = (h[:, max(0, i - 1) : min(c, i + 2)] ** 2).sum(1)
+    n = h / (1.0 + 0.5 / 3 * sq) ** 0.75
+    return np.einsum("nchw,kc->nkhw", n, w["w2"][:, keep, 0, 0])
+
+
+def test_lrn_blocks_unless_approximate_then_is_lrn_over_the_kept_channels():
+    import numpy as np
+
+    from spa_nm.testing import random_feeds, run
+
+    model = build(Case("lrn", _LRN))
+    res = spa_nm.prune(model, 0.5, round_to=1)
+    assert not group_of(res.graph, "h").prunable and res.plan.n_removed == 0
+    res = spa_nm.prune(model, 0.5, round_to=1, allow_approximate=True)
+    grp = group_of(res.graph, "h")
+    assert grp.prunable and grp.approximate and grp.id in res.plan.removed
+    w = {k: v.const_value.numpy() for k, v in model.graph.initializers.items()}
+    kept = res.model.graph.initializers["w1"].const_value.numpy()
+    keep = [int(np.flatnonzero((w["w1"] == row[None]).all((1, 2, 3)))[0]) for row in kept]
+    assert len(keep) == 4
+    feeds = random_feeds(model)
+    got = run(res.model, feeds)[0]
+    np.testing.assert_allclose(got, _lrn_reference(w, feeds["x"], keep), atol=1e-4)
+    assert res.report["approximate"]["error"]["measured"]
