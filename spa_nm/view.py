@@ -150,6 +150,18 @@ class ModelView:
             return self.partial_ints(ins[0], depth + 1)
         if p.op_type == "Where" and len(ins) == 3 and all(ins):
             return self._partial_where(ins, depth)
+        if p.op_type in ("Mul", "Add") and len(ins) == 2 and all(ins):
+            # T * B written from two shape entries (an RNN's view(T * B, C)): dims in, a dim
+            # out, known where both are
+            a, b = self.partial_ints(ins[0], depth + 1), self.partial_ints(ins[1], depth + 1)
+            if a is None or b is None or len(a) not in (1, len(b)) and len(b) not in (1, len(a)):
+                return None
+            if any(v is not None and v < 0 for v in (*a, *b)):
+                return None
+            n = max(len(a), len(b))
+            a, b = (a * n if len(a) == 1 else a), (b * n if len(b) == 1 else b)
+            op = (lambda u, v: u * v) if p.op_type == "Mul" else (lambda u, v: u + v)
+            return [None if u is None or v is None else op(u, v) for u, v in zip(a, b, strict=True)]
         return None
 
     def _partial_where(self, ins: list[str], depth: int) -> list[int | None] | None:

@@ -365,3 +365,41 @@ def test_torch_export_prunes_hidden_units(tmp_path, kind, bidirectional, exporte
     sizes = [int(n.attributes["hidden_size"].value) for n in res.model.graph if n.op_type == kind]
     assert sizes and all(s == H // 2 for s in sizes), sizes
     assert res.report["params_after"] < 0.6 * res.report["params_before"]
+
+
+@pytest.mark.torch
+def test_rnn_output_viewed_as_time_times_batch(tmp_path):
+    """ddddocr's head: a bidirectional LSTM's [T, B, 2H] output viewed as [T * B, 2H] with the
+    product written from two run-time shape entries (Shape -> Gather -> Mul), then a Linear.
+    The Reshape target's channel entry is a constant part of its Concat: the hidden units
+    prune, with a dynamic sequence."""
+    import warnings
+
+    torch = pytest.importorskip("torch")
+    from spa_nm.surgery import check_model
+    from spa_nm.testing import assert_prune_equivalent
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = torch.nn.LSTM(IN, H, bidirectional=True)
+            self.fc = torch.nn.Linear(2 * H, OUT)
+
+        def forward(self, x):
+            y, _ = self.rnn(x)
+            t, b, c = y.shape
+            return self.fc(y.view(t * b, c)).view(t, b, -1)
+
+    torch.manual_seed(0)
+    path = tmp_path / "rnn_view.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), (torch.randn(SEQ, 1, IN),), str(path), dynamo=False, opset_version=12,
+                          input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "t"}, "y": {0: "t"}})  # fmt: skip
+    model = spa_nm.load(path)
+    assert any(n.op_type == "Mul" for n in model.graph)  # t * b at run time
+    res = spa_nm.prune(model, 0.5, round_to=1)
+    check_model(res.model)
+    assert_prune_equivalent(model, res, atol=1e-5)
+    (lstm,) = [n for n in res.model.graph if n.op_type == "LSTM"]
+    assert int(lstm.attributes["hidden_size"].value) == H // 2
