@@ -154,7 +154,7 @@ class ModelView:
             # T * B written from two shape entries (an RNN's view(T * B, C)): dims in, a dim
             # out, known where both are
             a, b = self.partial_ints(ins[0], depth + 1), self.partial_ints(ins[1], depth + 1)
-            if a is None or b is None or len(a) not in (1, len(b)) and len(b) not in (1, len(a)):
+            if a is None or b is None or (len(a) not in (1, len(b)) and len(b) not in (1, len(a))):
                 return None
             if any(v is not None and v < 0 for v in (*a, *b)):
                 return None
