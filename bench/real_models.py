@@ -151,6 +151,7 @@ def _latency(model, feeds: dict, budget: float = 3.0, iters: int = 30) -> float:
 def one(path: Path, size: int, overrides: dict) -> dict:
     """Everything measured on one model, in this process."""
     import spa_nm
+    from spa_nm.runtime import as_array
     from spa_nm.testing import random_feeds, run, zeroed_copy
 
     proto = onnx.load(str(path), load_external_data=False)
@@ -185,8 +186,8 @@ def one(path: Path, size: int, overrides: dict) -> dict:
     row["oracle"] = "– (nothing pruned)"
     if r["groups_pruned"]:
         try:
-            ref = run(zeroed_copy(model, res), feeds)
-            got = run(res.model, feeds)
+            ref = [as_array(o) for o in run(zeroed_copy(model, res), feeds)]  # ZipMap: rows
+            got = [as_array(o) for o in run(res.model, feeds)]
             diffs = [
                 float(np.max(np.abs(a.astype(np.float64) - b)))
                 for a, b in zip(ref, got, strict=True)
