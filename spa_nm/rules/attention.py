@@ -273,8 +273,10 @@ def _einsum_linear(ctx: RuleContext, names, shapes, terms, wi: int) -> OpFacts |
       the producer rows; a zeroed slice makes those outputs exactly 0);
     - in the input, not the output: contracted, so it reads an input channel axis (the
       consumer columns);
-    - in the input and the output (a per-group weight): coupled like a depthwise weight, not
-      supported yet: a channel slot there blocks.
+    - in the input and the output: when every letter of the weight is (``"nchw,c->nchw"``,
+      a per-channel scale, as Mul by a constant), the weight is a member slice of the channel
+      and the output of a zeroed channel is 0; mixed with other letters (a per-group weight,
+      ``"bsh,hk->bhk"``) it is not supported, and a channel slot there blocks.
 
     Letters of the input alone in the output pass through (batch, tokens); a letter of the
     input summed away (in neither the weight nor the output) blocks a channel slot on it."""
@@ -283,6 +285,22 @@ def _einsum_linear(ctx: RuleContext, names, shapes, terms, wi: int) -> OpFacts |
     ta, tw, ty = terms[ai], terms[wi], terms[2]
     facts = OpFacts()
     handled: dict[str, set[Slot]] = {a: set(), y: set()}
+    if all(letter in ta and letter in ty for letter in tw):
+        # a per-channel scale: the input's axes pass through, the weight follows the output
+        known = {ax for s in ctx.slots(y) for ax in s.axes} | {
+            ty.index(ta[ax]) for s in ctx.slots(a) for ax in s.axes if ta[ax] in ty
+        }
+        for axw, letter in enumerate(tw):
+            sy = Slot(y, (ty.index(letter),))
+            if sy.axes[0] not in known or shapes[wi][axw] == 1:
+                continue  # not a channel (yet): a spatial scale has no slot to follow
+            if shapes[2][sy.axes[0]] != shapes[wi][axw]:
+                return block(ctx, f"Einsum weight {w} partly broadcasts channel slot {sy}")
+            facts.params.append(Param(w, axw, sy, Role.OTHER))
+            facts.resets.append(sy)
+        amap = {k: ty.index(letter) for k, letter in enumerate(ta) if letter in ty}
+        map_axes(ctx, a, y, amap, facts, what="Einsum sums it away")
+        return facts
     for axw, letter in enumerate(tw):
         in_a, in_y = letter in ta, letter in ty
         if in_y and not in_a:

@@ -66,11 +66,14 @@ CASES: list[Case] = [
         "block:Gather indexes it",
     ),
     # Einsum with a weight is a linear layer (rules/attention.py); a weight indexed by the
-    # channel letter of both its input and its output (a per-channel scale) is not supported
+    # channel letter of both its input and its output is a per-channel scale (a member)
     Case(
-        "einsum_constant_operand_blocks",
+        "einsum_per_channel_scale",
         net('y = Einsum <equation = "nchw,c->nchw"> (p, k)', "float[8] k", opset=12),
-        "block:indexed by the channel letter 'c'",
+    ),
+    Case(
+        "einsum_per_channel_spatial_scale",
+        net('y = Einsum <equation = "nchw,ch->nchw"> (p, k)', "float[8, 6] k", opset=12),
     ),
     # ops without a rule block, whatever they are
     Case(
