@@ -201,6 +201,23 @@ def test_dynamic_batch_and_sequence(export_dir, name, exporter):
     assert not isinstance(res.model.graph.inputs[0].shape[1], int)
 
 
+@pytest.mark.parametrize(("name", "exporter"), [("llama_tiny", "legacy"), ("gpt2_tiny", "dynamo")])
+def test_dynamic_sequence_head_dims(export_dir, name, exporter):
+    """With a symbolic sequence the rotary tables and the causal mask are computed at run
+    time; their dims keep their names (symbolic shape inference), so Q·Kᵀ head dims prune in
+    head_dim mode too, exactly, and the head counts stay."""
+    model = spa_nm.load(cached_export(name, exporter, export_dir, dynamic=True))
+    res = spa_nm.prune(model, 0.5, round_to=1, attention="head_dim")
+    check_model(res.model)
+    assert_prune_equivalent(model, res, atol=1e-5)
+    sizes = sorted(res.graph.groups[g].size for g in res.plan.removed)
+    # Llama: Q·Kᵀ head dims as 8 rotary pairs, one group for both layers (the rotary tables
+    # are shared), and one V group (16) per layer. GPT-2: Q·Kᵀ and V head dims of the fused
+    # projection in one group (32) per layer
+    want = [8, 16, 16] if name.startswith("llama") else [32, 32]
+    assert [s for s in sizes if s != INTERMEDIATE[name]] == want, sizes
+
+
 def test_cli_flags(export_dir, tmp_path, capsys):
     """``spa-nm prune --attention head_dim`` and ``--allow-approximate`` reach the pipeline;
     the report carries the approximate groups and their measured error."""
