@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from spa_nm.facts import Blocked, FixInfo, Fixup, Link, OpFacts, Param, Role, Slot
 from spa_nm.rules._context import RuleContext
-from spa_nm.rules._helpers import block, map_axes
+from spa_nm.rules._helpers import RestrictedContext, block, map_axes
 from spa_nm.rules._registry import rule
 
 __all__ = ["batched_matmul"]
@@ -326,24 +326,10 @@ def _einsum_linear(ctx: RuleContext, names, shapes, terms, wi: int) -> OpFacts |
             if s not in handled[v] and any(Slot(v, (ax,)) in handled[v] for ax in s.axes):
                 return block(ctx, f"Einsum does not carry channel slot {s} across its weight axes")
     amap = {k: ty.index(letter) for k, letter in enumerate(ta) if letter in ty and letter not in tw}
-    restricted = _Hide(ctx, handled)
+    restricted = RestrictedContext(ctx, handled)
     if not map_axes(restricted, a, y, amap, facts, what="Einsum sums it away"):
         return facts
     return facts
-
-
-class _Hide:
-    """A context view that hides the slots a rule handles itself from `map_axes`."""
-
-    def __init__(self, ctx: RuleContext, hidden: dict[str, set[Slot]]) -> None:
-        self._ctx = ctx
-        self._hidden = hidden
-
-    def slots(self, value):
-        return [s for s in self._ctx.slots(value) if s not in self._hidden.get(value, set())]
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
 
 
 # -- the ONNX Attention op (opset 23) ---------------------------------------------------------

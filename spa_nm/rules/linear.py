@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 from spa_nm.facts import OpFacts, Param, Role, Slot
 from spa_nm.rules._context import RuleContext
-from spa_nm.rules._helpers import block, map_axes
+from spa_nm.rules._helpers import RestrictedContext, block, map_axes
 from spa_nm.rules._registry import rule
 from spa_nm.rules.attention import batched_matmul
 
@@ -113,23 +113,7 @@ def matmul(node, ctx: RuleContext) -> OpFacts:
     facts.resets.append(sy)
     # leading (batch/token) axes pass through
     lead = {k: k for k in range(ra - 1)}
-    from spa_nm.rules._context import RuleContext as _RC  # noqa: F401  (typing only)
-
-    restricted = _Restricted(ctx, exclude={a: {sa}, y: {sy}})
+    restricted = RestrictedContext(ctx, {a: {sa}, y: {sy}})
     if not map_axes(restricted, a, y, lead, facts, what="the contracted axis"):
         return facts
     return facts
-
-
-class _Restricted:
-    """A context view that hides the slots a rule handles itself from `map_axes`."""
-
-    def __init__(self, ctx: RuleContext, exclude: dict[str, set[Slot]]) -> None:
-        self._ctx = ctx
-        self._exclude = exclude
-
-    def slots(self, value):
-        return [s for s in self._ctx.slots(value) if s not in self._exclude.get(value, set())]
-
-    def __getattr__(self, name):
-        return getattr(self._ctx, name)
