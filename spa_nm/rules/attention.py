@@ -372,9 +372,8 @@ def attention(node, ctx: RuleContext) -> OpFacts | Blocked:
     rank = len(shapes[0])
     if ctx.input(4) is not None or ctx.input(5) is not None:
         return block(ctx, "Attention with a past key/value cache")
-    for o in node.outputs[1:]:
-        if o.name and (o.uses() or o.is_graph_output()):
-            return block(ctx, f"Attention output {o.name} (cache or scores) is used")
+    if (b := _unused_extra_outputs(node, ctx)) is not None:
+        return b
     if rank == 3:
         hq, hkv = int(ctx.attr("q_num_heads", 0) or 0), int(ctx.attr("kv_num_heads", 0) or 0)
     elif rank == 4:
@@ -516,6 +515,7 @@ def _scale_fixup(node_name: str, scale: float) -> Fixup:
 
 
 def _unused_extra_outputs(node, ctx: RuleContext) -> Blocked | None:
+    """A block when an output past the first (a present cache, the scores) is read."""
     for o in node.outputs[1:]:
         if o.name and (o.uses() or o.is_graph_output()):
             return block(ctx, f"{node.op_type} output {o.name} (cache or scores) is used")
