@@ -115,15 +115,7 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
                 partial_flags[out.name] = flags
             continue
         if node.op_type == "Where" and node.inputs[0] is not None and node.inputs[0].name in partial_flags:
-            picked = _partial_where(node, partial, partial_flags, known)
-            if picked is not None:
-                if all(isinstance(v, int) for v in picked):
-                    arr = np.asarray(picked, dtype=np.int64)
-                    known[out.name] = arr
-                    _replace_with_initializer(model, out, arr)
-                    folded += 1
-                else:
-                    partial[out.name] = picked
+            folded += _settle(model, out, _partial_where(node, partial, partial_flags, known), known, partial)
             continue
         if node.op_type == "Expand" and len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name in partial:
             folded += _refine_expand(node, partial[node.inputs[1].name])
@@ -131,14 +123,7 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
         if node.op_type == "Slice" and src is not None and src.name in partial:
             # x.shape[:-1] written as Shape -> Slice: the picked entries stay partly known
             picked = slice_ints(node, partial[src.name], lambda v: _const_of(v, known))
-            if picked is not None:
-                if all(isinstance(v, int) for v in picked):
-                    arr = np.asarray(picked, dtype=np.int64)
-                    known[out.name] = arr
-                    _replace_with_initializer(model, out, arr)
-                    folded += 1
-                else:
-                    partial[out.name] = picked
+            folded += _settle(model, out, picked, known, partial)
             continue
         if node.op_type == "Gather" and src is not None and src.name in partial:
             # Gather(shape(x), const) picks static dims of a partly symbolic shape
@@ -322,6 +307,20 @@ def _refine_reshape(model: ir.Model, node: ir.Node, target: list) -> int:
         dims[dims.index(-1)] = known_in // known_out
     out.shape = ir.Shape([d if isinstance(d, int) else ir.SymbolicDim(d) for d in dims])
     return 1
+
+
+def _settle(model: ir.Model, out: ir.Value, picked: list | None, known: dict, partial: dict) -> int:
+    """A shape vector worked out entry by entry: a constant when every entry is known (returns
+    1, folded), else it travels on as partly known."""
+    if picked is None:
+        return 0
+    if all(isinstance(v, int) for v in picked):
+        arr = np.asarray(picked, dtype=np.int64)
+        known[out.name] = arr
+        _replace_with_initializer(model, out, arr)
+        return 1
+    partial[out.name] = picked
+    return 0
 
 
 def _partial_equal(node: ir.Node, partial: dict, known: dict) -> list[bool | None] | None:

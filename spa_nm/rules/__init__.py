@@ -4,6 +4,7 @@ from spa_nm.rules import (  # noqa: F401  (registration side effects)
     attention,
     concat_split,
     contrib,
+    contrib_attention,
     conv,
     elementwise,
     linear,
