@@ -323,21 +323,29 @@ def _settle(model: ir.Model, out: ir.Value, picked: list | None, known: dict, pa
     return 0
 
 
+def _vectors(values, partial: dict, known: dict) -> list[list] | None:
+    """Each value as a partly known shape vector (its entries) or a constant 1-D vector."""
+    out = []
+    for v in values:
+        if v is None:
+            return None
+        if v.name in partial:
+            out.append(partial[v.name])
+            continue
+        c = _const_of(v, known)
+        if c is None or c.ndim > 1:
+            return None
+        out.append([int(x) for x in c.reshape(-1)])
+    return out
+
+
 def _partial_equal(node: ir.Node, partial: dict, known: dict) -> list[bool | None] | None:
     """``Equal`` of a partly symbolic shape vector with another: True/False where decided,
     None where not. A symbolic entry is a dimension, never negative: it differs from a
     negative constant (the torch exporter's ``Equal(t, -1)`` guard)."""
-    ops = []
-    for v in node.inputs:
-        if v is None:
-            return None
-        if v.name in partial:
-            ops.append(partial[v.name])
-        else:
-            c = _const_of(v, known)
-            if c is None or c.ndim > 1:
-                return None
-            ops.append([int(x) for x in c.reshape(-1)])
+    ops = _vectors(node.inputs, partial, known)
+    if ops is None:
+        return None
     n = max(len(o) for o in ops)
     if any(len(o) not in (1, n) for o in ops):
         return None
@@ -358,17 +366,9 @@ def _partial_equal(node: ir.Node, partial: dict, known: dict) -> list[bool | Non
 def _partial_where(node: ir.Node, partial: dict, flags: dict, known: dict) -> list | None:
     """``Where`` over shape vectors with a partly decided condition, entry by entry."""
     cond = flags[node.inputs[0].name]
-    branches = []
-    for v in node.inputs[1:]:
-        if v is None:
-            return None
-        if v.name in partial:
-            branches.append(partial[v.name])
-        else:
-            c = _const_of(v, known)
-            if c is None or c.ndim > 1:
-                return None
-            branches.append([int(x) for x in c.reshape(-1)])
+    branches = _vectors(node.inputs[1:], partial, known)
+    if branches is None:
+        return None
     n = len(cond)
     if any(len(b) not in (1, n) for b in branches):
         return None
