@@ -44,7 +44,10 @@ __all__ = [
     "node_label",
 ]
 
-_MAX_ROUNDS = 40
+# Every slot the analysis can ever know is an axis set of some value, so the worklist ends;
+# this bound on rule runs per node only guards against a rule that flip-flops, and hitting it is
+# an error, never a silent truncation.
+_MAX_RUNS_PER_NODE = 1000
 ATTENTION_MODES = ("heads", "head_dim")
 
 
@@ -137,20 +140,7 @@ def analyze(
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}")
     view = ModelView(model)
     view.attention = attention
-    known: dict[str, set[Slot]] = defaultdict(set)
-    facts: dict[int, OpFacts | Blocked] = {}
-    for _ in range(_MAX_ROUNDS):
-        facts = {i: _run_rule(view, node, i, known) for i, node in enumerate(view.nodes)}
-        new = False
-        for f in facts.values():
-            if isinstance(f, Blocked):
-                continue
-            for s in _activation_slots(f):
-                if s not in known[s.value]:
-                    known[s.value].add(s)
-                    new = True
-        if not new:
-            break
+    known, facts = _propagate(view)
 
     frozen: dict[str, list[Blocked]] = defaultdict(list)
     blocked_ops: list[Blocked] = []
@@ -322,7 +312,55 @@ def analyze(
     return DependencyGraph(view, gx, facts, offsets, slots, labels, groups, blocked_ops, kappa)
 
 
-def _run_rule(view: ModelView, node: ir.Node, i: int, known) -> OpFacts | Blocked:
+class AnalysisLimit(RuntimeError):
+    """The rule pass did not reach its fixed point within its bound (a rule that oscillates)."""
+
+
+def _propagate(view: ModelView) -> tuple[dict[str, set[Slot]], dict[int, OpFacts | Blocked]]:
+    """Run every rule to the fixed point of the known channel slots, by worklist.
+
+    Each rule runs once; whenever a value gains a slot, exactly the rules that read that value's
+    slots (recorded by their `RuleContext`) run again, in graph order. A channel therefore
+    travels any distance without a weight in time linear in the path, and the facts of every
+    node are those of its run on the final slots.
+    """
+    import heapq
+
+    known: dict[str, set[Slot]] = defaultdict(set)
+    facts: dict[int, OpFacts | Blocked] = {}
+    readers: dict[str, set[int]] = defaultdict(set)
+    runs = [0] * len(view.nodes)
+    queue = list(range(len(view.nodes)))
+    queued = set(queue)
+    while queue:
+        i = heapq.heappop(queue)
+        queued.discard(i)
+        runs[i] += 1
+        if runs[i] > _MAX_RUNS_PER_NODE:
+            raise AnalysisLimit(
+                f"channel analysis did not settle: {node_label(view.nodes[i], i)} ran "
+                f"{_MAX_RUNS_PER_NODE} times"
+            )
+        reads: set[str] = set()
+        f = facts[i] = _run_rule(view, view.nodes[i], i, known, reads)
+        for v in reads:
+            readers[v].add(i)
+        if isinstance(f, Blocked):
+            continue
+        for s in _activation_slots(f):
+            if s in known[s.value]:
+                continue
+            known[s.value].add(s)
+            for j in readers[s.value]:
+                if j not in queued:
+                    queued.add(j)
+                    heapq.heappush(queue, j)
+    return known, facts
+
+
+def _run_rule(
+    view: ModelView, node: ir.Node, i: int, known, reads: set[str] | None = None
+) -> OpFacts | Blocked:
     label = node_label(node, i)
     values = tuple(v.name for v in node.inputs if v is not None and v.name) + tuple(
         v.name for v in node.outputs if v.name
@@ -335,7 +373,7 @@ def _run_rule(view: ModelView, node: ir.Node, i: int, known) -> OpFacts | Blocke
             label, node.op_type, f"no rule for {dom}::{node.op_type} at opset {opset}", values
         )
     try:
-        res = entry.fn(node, RuleContext(view, node, known))
+        res = entry.fn(node, RuleContext(view, node, known, reads))
     except UnknownRank as e:  # not a bug: shape inference could not tell
         return Blocked(label, node.op_type, str(e), values)
     except Exception as e:  # a rule bug must block, never crash or guess

@@ -29,10 +29,19 @@ class UnknownRank(ValueError):
 class RuleContext:
     """Shapes, constants, attributes and the channel slots known so far, for one node."""
 
-    def __init__(self, view: ModelView, node: ir.Node, known: dict[str, set[Slot]]) -> None:
+    def __init__(
+        self,
+        view: ModelView,
+        node: ir.Node,
+        known: dict[str, set[Slot]],
+        reads: set[str] | None = None,
+    ) -> None:
         self.view = view
         self.node = node
         self._known = known
+        # the values whose slots this rule looked at: the analysis re-runs the rule when
+        # one of them gains a slot (a worklist, not a fixed number of rounds)
+        self.reads: set[str] = set() if reads is None else reads
 
     @property
     def opset(self) -> int:
@@ -87,6 +96,7 @@ class RuleContext:
         """Channel slots known on ``value`` (from its producer or any consumer)."""
         if value is None:
             return []
+        self.reads.add(value)
         ss = sorted(self._known.get(value, ()))
         # a slot nested in a larger one (a head axis next to its (heads, head_dim) composite,
         # found in another order of the rules) follows the larger: the analysis ties them
