@@ -243,6 +243,7 @@ def _set_constant_node(node: ir.Node, tensor) -> None:
 
 def _replace_const_input(dg: DependencyGraph, node: ir.Node, index: int, arr: np.ndarray) -> None:
     v = node.inputs[index] if index < len(node.inputs) else None
+    arr = _as_dtype_of(v, arr)
     only_here = v is not None and len(list(v.uses())) == 1 and not v.is_graph_output()
     if v is not None and only_here and v.const_value is not None and not v.is_graph_input():
         v.const_value = ir.tensor(arr, name=v.name)
@@ -268,6 +269,25 @@ def _replace_const_input(dg: DependencyGraph, node: ir.Node, index: int, arr: np
     if len(node.inputs) <= index:
         node.resize_inputs(index + 1)
     node.replace_input_with(index, nv)
+
+
+def _as_dtype_of(v: ir.Value | None, arr: np.ndarray) -> np.ndarray:
+    """``arr`` in the element type of the tensor it replaces: a rewritten int32 shape part of a
+    Concat that also reads int64 Shape outputs must stay int32 (tf2onnx writes both)."""
+    dtype = None if v is None else v.dtype
+    if dtype is None:
+        return arr
+    try:
+        target = np.dtype(dtype.numpy())
+    except Exception:  # a type numpy cannot hold (float8, int4): keep what the rule built
+        return arr
+    arr = np.asarray(arr)
+    if target == arr.dtype or target.kind not in "iuf" or arr.dtype.kind not in "iuf":
+        return arr
+    cast = arr.astype(target)
+    if target.kind in "iu" and not np.array_equal(cast, arr):
+        raise ValueError(f"rewritten {v.name} does not fit its element type {target}")
+    return cast
 
 
 def _new_shapes(dg: DependencyGraph, kept: dict[Slot, np.ndarray]) -> dict[str, tuple]:

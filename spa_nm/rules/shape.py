@@ -185,7 +185,7 @@ def reshape(node, ctx: RuleContext) -> OpFacts:
         if fixed:
             # Concat(Shape(x)[:2], [heads, head_dim]): the channel entries are constant parts
             # of the Concat, which the fixup rewrites
-            parts = _concat_parts(ctx, shape, fixed)
+            parts = _concat_parts(ctx, shape, fixed, node)
             if parts is None:
                 return block(
                     ctx,
