@@ -10,6 +10,7 @@ suite replays it from then on.
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import json
 import platform
@@ -28,6 +29,7 @@ def main() -> int:
     ap.add_argument("--start", type=int, default=100_000)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fuzz.md")
     args = ap.parse_args()
+    os.environ["SPA_NM_STRICT_RULES"] = "1"  # a rule that raises is a failure, not a block
     failures, pruned = [], 0
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

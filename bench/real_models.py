@@ -19,6 +19,7 @@ import argparse
 import collections
 import datetime as dt
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -219,6 +220,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
     ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    os.environ["SPA_NM_STRICT_RULES"] = "1"  # a rule that raises is a crash here, not a block
     if args.one:
         over = {k: np.asarray(v) for k, v in json.loads(args.overrides).items()}
         print("RESULT " + json.dumps(one(args.one, args.size, over)))

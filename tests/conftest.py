@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnx
 import pytest
 
 from tests.helpers import CNN, model_from_text
+
+# A rule that raises is a bug: the library turns it into a "rule error" block reason (never a
+# crash for users); under the test suite, including CLI subprocesses, it fails the test instead.
+os.environ["SPA_NM_STRICT_RULES"] = "1"
 
 
 @pytest.fixture
