@@ -74,9 +74,16 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
             and src is not None
             and src.const_value is not None
         ):
-            # exporters deduplicate equal weights through Identity: give each its own
-            # initializer (same tensor object, no copy) so they prune independently
-            _replace_with_initializer(model, out, src.const_value)
+            # exporters deduplicate equal weights through Identity. Two layers' weights are
+            # equal by value only when they are uniform (ones, zeros: fresh norms and biases):
+            # give each its own initializer (same tensor object, no copy) so they prune
+            # independently. A non-uniform tensor read through Identities is one parameter
+            # used many times (an RNN cell unrolled over time): its readers share it, so
+            # every reader keeps the same slice of it
+            if _is_uniform(src.const_value):
+                _replace_with_initializer(model, out, src.const_value)
+            else:
+                out.replace_all_uses_with(src)
             folded += 1
             continue
         if node.op_type == "ConstantOfShape" and src is not None and _const_of(src, known) is not None:
@@ -457,6 +464,19 @@ def _evaluate(node: ir.Node, inputs: list[np.ndarray | None], opset: int) -> np.
     except Exception as e:  # not foldable: leave the node alone
         log.debug("cannot fold %s (%s): %s", node.name, node.op_type, e)
         return None
+
+
+def _is_uniform(tensor) -> bool:
+    """Whether every element of a constant tensor has one value (read in chunks)."""
+    arr = np.asarray(tensor.numpy()).reshape(-1)
+    if arr.size == 0:
+        return True
+    first = arr[:1]
+    step = 1 << 20
+    return all(
+        np.array_equal(arr[k : k + step], np.broadcast_to(first, arr[k : k + step].shape), equal_nan=arr.dtype.kind == "f")
+        for k in range(0, arr.size, step)
+    )
 
 
 def _replace_with_initializer(model: ir.Model, out: ir.Value, arr) -> None:

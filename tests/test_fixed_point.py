@@ -87,3 +87,71 @@ def test_a_rule_that_never_settles_is_an_error(monkeypatch):
     monkeypatch.setattr(graph, "_run_rule", flip)
     with pytest.raises(graph.AnalysisLimit, match="did not settle"):
         spa_nm.analyze(_chain(1, ops=("Relu",)))
+
+
+def _deep_transformer(tmp_path, layers: int, reduce: str):
+    """A pre-norm transformer whose LayerNorms are written out (mean and variance by
+    ``reduce``: ReduceMean, or ReduceSum divided by the width as jax2tf and tf2onnx write it)."""
+    torch = pytest.importorskip("torch")
+    from models.export import _quiet
+
+    d, heads = 16, 2
+
+    class LN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g = torch.nn.Parameter(torch.randn(d))
+            self.b = torch.nn.Parameter(torch.randn(d))
+
+        def forward(self, x):
+            if reduce == "sum":
+                mu = x.sum(-1, keepdim=True) / d
+                var = ((x - mu) * (x - mu)).sum(-1, keepdim=True) / d
+            else:
+                mu = x.mean(-1, keepdim=True)
+                var = (x - mu).pow(2).mean(-1, keepdim=True)
+            return (x - mu) / torch.sqrt(var + 1e-5) * self.g + self.b
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.n1, self.n2 = LN(), LN()
+            self.qkv = torch.nn.Linear(d, 3 * d)
+            self.o = torch.nn.Linear(d, d)
+            self.up = torch.nn.Linear(d, 4 * d)
+            self.down = torch.nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(self.n1(x)).split(d, -1)
+            q, k, v = (z.reshape(b, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
+            a = torch.softmax(q @ k.transpose(-1, -2) / 2.0, -1) @ v
+            x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+            return x + self.down(torch.relu(self.up(self.n2(x))))
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, d), *[Layer() for _ in range(layers)], LN(), torch.nn.Linear(d, 5)
+    ).eval()
+    path = tmp_path / f"deep_{layers}_{reduce}.onnx"
+    with _quiet():
+        torch.onnx.export(net, (torch.randn(1, 4, 8),), str(path), dynamo=False, opset_version=17)
+    return spa_nm.load(path)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reduce", ["mean", "sum"])
+def test_deep_transformer_with_decomposed_layernorm_prunes_mlp_and_heads(tmp_path, reduce):
+    layers = 48 if reduce == "mean" else 4
+    model = _deep_transformer(tmp_path, layers, reduce)
+    res = spa_nm.prune(model, 0.5, round_to=1)
+    r = res.report
+    # per layer: the MLP hidden units and the heads; the residual stream stays (approximate)
+    assert r["groups_pruned"] >= 2 * layers, r["blocked"][:4]
+    assert not any("rule error" in b["reason"] for b in r["blocked"])
+    assert_prune_equivalent(model, res, atol=1e-4)
+    onnx.checker.check_model(ir.serde.serialize_model(res.model), full_check=True)
+    # the residual stream through the written-out norms is approximate: opt-in
+    res = spa_nm.prune(model, 0.5, round_to=1, allow_approximate=True)
+    assert res.report["groups_pruned"] > r["groups_pruned"]
+    assert res.report["approximate"]

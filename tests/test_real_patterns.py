@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+import pytest
 from onnx import TensorProto, helper
 from onnx import numpy_helper as nh
 
@@ -62,3 +63,156 @@ def test_int32_shape_arithmetic_keeps_its_element_type():
     res = _prune_exactly(model)
     tail = res.model.graph.initializers["tail"].const_value.numpy()
     assert tail.dtype == np.int32 and tail.tolist() == [8]
+
+
+def _is_subslice(orig: np.ndarray, new: np.ndarray) -> bool:
+    """``new`` is ``orig[ix_(rows, cols, ...)]`` for some index sets (values of ``orig``
+    are distinct, so each element of ``new`` says where it came from)."""
+    where = {float(v): idx for idx, v in np.ndenumerate(orig)}
+    assert len(where) == orig.size, "the test needs distinct values"
+    maps: list[dict[int, int]] = [{} for _ in range(orig.ndim)]
+    for idx, v in np.ndenumerate(new):
+        src = where.get(float(v))
+        if src is None:
+            return False
+        if any(maps[a].setdefault(idx[a], src[a]) != src[a] for a in range(orig.ndim)):
+            return False
+    return True
+
+
+def _unrolled_lstm(steps: int = 4, c_in: int = 6, hidden: int = 8) -> ir.Model:
+    """A CRNN head whose LSTM is written out as cells (torch legacy export of a hand-written
+    cell): per step ``gates = x_t W^T + b + h U``, Split into i, f, g, o; the recurrent weight
+    ``U`` (H, 4H) is one initializer that the exporter reads through one Identity per step."""
+    rng = np.random.default_rng(1)
+    inits = [
+        nh.from_array(rng.standard_normal((c_in, 1, 3)).astype(np.float32), "wc"),
+        nh.from_array(rng.standard_normal((4 * hidden, c_in)).astype(np.float32), "w_ih"),
+        nh.from_array(rng.standard_normal(4 * hidden).astype(np.float32), "b_ih"),
+        nh.from_array(rng.standard_normal((hidden, 4 * hidden)).astype(np.float32), "u"),
+        nh.from_array(rng.standard_normal((hidden, 5)).astype(np.float32), "w_fc"),
+        nh.from_array(rng.standard_normal(hidden).astype(np.float32), "h0"),
+        nh.from_array(rng.standard_normal(hidden).astype(np.float32), "c0"),
+        nh.from_array(np.array([hidden] * 4, np.int64), "split"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "wc"], ["feat"], pads=[1, 1]),  # [1, C, T]
+        helper.make_node("Relu", ["feat"], ["rf"]),
+        helper.make_node("Split", ["rf"], [f"x{t}" for t in range(steps)], axis=2),
+    ]
+    h, c = "h0", "c0"
+    outs = []
+    for t in range(steps):
+        n = lambda op, i, o, **kw: helper.make_node(op, i, o, name=f"{op}_{t}_{o[0]}", **kw)  # noqa: E731
+        nodes += [
+            n("Identity", ["u"], [f"u{t}"]),
+            n("Flatten", [f"x{t}"], [f"xs{t}"], axis=1),
+            n("Gemm", [f"xs{t}", "w_ih", "b_ih"], [f"gx{t}"], transB=1),
+            n("MatMul", [h, f"u{t}"], [f"gh{t}"]),
+            n("Add", [f"gx{t}", f"gh{t}"], [f"g{t}"]),
+            n("Split", [f"g{t}", "split"], [f"i{t}", f"f{t}", f"gg{t}", f"o{t}"], axis=1),
+            n("Sigmoid", [f"i{t}"], [f"si{t}"]), n("Sigmoid", [f"f{t}"], [f"sf{t}"]),
+            n("Tanh", [f"gg{t}"], [f"tg{t}"]), n("Sigmoid", [f"o{t}"], [f"so{t}"]),
+            n("Mul", [f"sf{t}", c], [f"fc{t}"]), n("Mul", [f"si{t}", f"tg{t}"], [f"ig{t}"]),
+            n("Add", [f"fc{t}", f"ig{t}"], [f"c{t + 1}"]),
+            n("Tanh", [f"c{t + 1}"], [f"tc{t}"]), n("Mul", [f"so{t}", f"tc{t}"], [f"h{t + 1}"]),
+            n("MatMul", [f"h{t + 1}", "w_fc"], [f"y{t}"]),
+        ]  # fmt: skip
+        h, c = f"h{t + 1}", f"c{t + 1}"
+        outs.append(f"y{t}")
+    nodes.append(helper.make_node("Concat", outs, ["y"], axis=0))
+    return _model(nodes, [_f("x", [1, 1, steps])], [_f("y", [steps, 5])], inits)
+
+
+def test_unrolled_lstm_cells_keep_one_consistent_slice_of_shared_weights():
+    model = _unrolled_lstm()
+    res = _prune_exactly(model)
+    orig = {k: v.const_value.numpy() for k, v in model.graph.initializers.items()}
+    got = {k: v.const_value.numpy() for k, v in res.model.graph.initializers.items()}
+    assert got["u"].shape == (4, 16)  # the recurrent weight: half the hidden units, once
+    copies = [k for k, v in got.items() if k != "u" and v.shape == (4, 16)]
+    assert not copies, f"the recurrent weight was copied per step: {copies}"
+    for k in got.keys() & orig.keys():
+        if got[k].shape != orig[k].shape:
+            assert _is_subslice(orig[k], got[k]), k
+    # the hidden units kept by the recurrent weight's rows are the ones kept in every gate
+    rows = [int(np.argwhere(orig["u"] == got["u"][r, 0])[0][0]) for r in range(4)]
+    cols = [int(np.argwhere(orig["u"] == got["u"][0, j])[0][1]) for j in range(16)]
+    assert cols == [g * 8 + r for g in range(4) for r in rows]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    ("dynamo", "opset", "dynamic"),
+    [(False, 17, True), (True, 18, False), (True, 21, False)],
+    ids=["legacy17-dynamic-batch", "dynamo18-decomposed", "dynamo21-GroupNormalization"],
+)
+def test_groupnorm_unet_block_prunes_whole_groups(tmp_path, dynamo, opset, dynamic):
+    """A UNet block (Conv, GroupNorm, SiLU, residual): the legacy exporter and dynamo at opset
+    18 write GroupNorm as Reshape -> InstanceNormalization -> Reshape -> Mul -> Add, dynamo at
+    21 as GroupNormalization; each prunes whole groups exactly."""
+    torch = pytest.importorskip("torch")
+    from models.export import _quiet as quiet
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.g1 = torch.nn.GroupNorm(4, 16)
+            self.c2 = torch.nn.Conv2d(16, 16, 3, padding=1)
+            self.g2 = torch.nn.GroupNorm(8, 16)
+            self.c3 = torch.nn.Conv2d(16, 4, 1)
+            with torch.no_grad():
+                for g in (self.g1, self.g2):
+                    g.weight.normal_()
+                    g.bias.normal_()
+
+        def forward(self, x):
+            h = torch.nn.functional.silu(self.g1(self.c1(x)))
+            h = h + torch.nn.functional.silu(self.g2(self.c2(h)))
+            return self.c3(h)
+
+    torch.manual_seed(0)
+    path = tmp_path / "block.onnx"
+    with quiet():
+        torch.onnx.export(
+            Block().eval(), (torch.randn(2, 3, 8, 8),), str(path), dynamo=dynamo,
+            opset_version=opset, input_names=["x"],
+            dynamic_axes={"x": {0: "N"}} if dynamic else None,
+        )  # fmt: skip
+    model = spa_nm.load(path)
+    res = _prune_exactly(model)
+    kept = {n.op_type for n in res.model.graph}
+    assert ("GroupNormalization" in kept) == (opset >= 21)
+    before = {n.name: n for n in model.graph if n.op_type == "GroupNormalization"}
+    for node in res.model.graph:
+        if node.op_type == "GroupNormalization":  # the group size stays, the count shrinks
+            old = before[node.name]
+            per = old.inputs[0].shape[1] // old.attributes["num_groups"].value
+            assert node.inputs[0].shape[1] == per * node.attributes["num_groups"].value
+            assert node.inputs[0].shape[1] < old.inputs[0].shape[1]
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_squeeze_without_axes_keeps_a_channel_pruned_to_one(opset):
+    """Squeeze with no axes drops every size-1 axis; after pruning 2 channels to 1 the channel
+    axis would go too, unless surgery names the axes that were size 1 before."""
+    rng = np.random.default_rng(0)
+    inits = [
+        nh.from_array(rng.standard_normal((2, 3, 3, 3)).astype(np.float32), "w1"),
+        nh.from_array(rng.standard_normal((4, 2)).astype(np.float32), "wg"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+        helper.make_node("Squeeze", ["g"], ["s"]),  # [1, 2, 1, 1] -> [2]
+        helper.make_node("Unsqueeze", ["s"], ["u"], **({"axes": [0]} if opset < 13 else {})),
+        helper.make_node("Gemm", ["u", "wg"], ["y"], transB=1),
+    ]
+    if opset >= 13:
+        inits.append(nh.from_array(np.array([0], np.int64), "ax0"))
+        nodes[4] = helper.make_node("Unsqueeze", ["s", "ax0"], ["u"])
+    model = _model(nodes, [_f("x", [1, 3, 5, 5])], [_f("y", [1, 4])], inits, opset=opset)
+    res = _prune_exactly(model)
+    assert res.model.graph.initializers["w1"].const_value.shape[0] == 1

@@ -7,6 +7,7 @@ from spa_nm.rules import (  # noqa: F401  (registration side effects)
     contrib_attention,
     conv,
     elementwise,
+    indexing,
     linear,
     misc,
     norm,

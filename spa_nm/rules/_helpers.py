@@ -337,6 +337,32 @@ def reshape_facts(ctx: RuleContext, x: str, y: str, facts: OpFacts) -> bool:
     return True
 
 
+def _aligned_split(
+    xs, ys, x: str, y: str, gi: list[int], go: list[int], s_in: Slot | None, s_out: Slot | None
+) -> Link | None:
+    """A channel axis leading a reshaped run whose other side leads with an axis of whole
+    channels, or of parts of one channel: ``[C, H, W] <-> [G, C/G·H·W]`` (GroupNorm as the
+    legacy exporter writes it: Reshape, InstanceNorm per group, Reshape back). Each leading
+    index of the coarser side owns a block of the finer side's indices; the link ties each
+    block to its index, so whole blocks go and the trailing run keeps its size. None when the
+    run is not of that form (the caller's general rules apply)."""
+    if len(gi) < 2 or len(go) < 2 or (s_in is None and s_out is None):
+        return None
+    if (s_in is not None and s_in.axes != (gi[0],)) or (s_out is not None and s_out.axes != (go[0],)):
+        return None
+    ca, cb = xs[gi[0]], ys[go[0]]
+    st_in = math.prod(xs[k] for k in gi[1:])
+    st_out = math.prod(ys[k] for k in go[1:])
+    if ca == cb or ca * st_in != cb * st_out or min(ca, cb) < 2:
+        return None
+    a, b = Slot(x, (gi[0],)), Slot(y, (go[0],))
+    if ca > cb and ca % cb == 0 and st_out % st_in == 0:  # each output index: ca/cb channels
+        return Link(a, b, np.arange(ca), np.arange(ca) // (ca // cb))
+    if cb > ca and cb % ca == 0 and st_in % st_out == 0:  # each input index: cb/ca outputs
+        return Link(a, b, np.arange(cb) // (cb // ca), np.arange(cb))
+    return None
+
+
 def _symbolic_groups(xs: Any, ys: Any) -> list[tuple[list[int], list[int], bool]] | None:
     """Dim groups of a reshape with symbolic dims: equal leading dims pair one to one, so do
     equal trailing ones; the run between them is one group, ``opaque`` when it holds a
@@ -428,6 +454,10 @@ def _group_links(
     s_out = cout[0] if cout else None
     full_in = Slot(x, tuple(gi))
     full_out = Slot(y, tuple(go))
+    aligned = _aligned_split(xs, ctx.shape(y), x, y, gi, go, s_in, s_out)
+    if aligned is not None:
+        facts.links.append(aligned)
+        return True
     # the output side: the whole group (one axis or a composite over the group's axes)
     if s_out is not None and s_out != full_out:
         facts.blocked.append(block(ctx, f"channel slot {s_out} covers part of a reshaped run"))

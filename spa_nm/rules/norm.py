@@ -1,7 +1,6 @@
 """Normalizations. Per-channel ones (BatchNorm, InstanceNorm) pass channels through with their
-scale, shift and statistics as member slices; norms whose statistics mix the channel axis
-(GroupNorm) block it: removing a channel would change every other channel's output
-(METHODS.md §1.3). LayerNorm and RMSNorm over the last axis (a transformer's residual stream)
+scale, shift and statistics as member slices; GroupNorm removes whole groups of channels (the
+others' statistics stay as they were) (METHODS.md §1.3). LayerNorm and RMSNorm over the last axis (a transformer's residual stream)
 are *approximate*: blocked unless the analysis allows approximation, and so is LRN, which
 divides each channel by its neighbours' energy."""
 
@@ -9,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from spa_nm.facts import OpFacts, Param, Role, Slot
+import onnx_ir as ir
+
+from spa_nm.facts import FixInfo, Fixup, Link, OpFacts, Param, Role, Slot
 from spa_nm.rules._context import RuleContext
 from spa_nm.rules._helpers import RestrictedContext, block, map_axes, unary_transfer
 from spa_nm.rules._registry import rule
@@ -66,13 +67,54 @@ def instance_norm(node, ctx: RuleContext) -> OpFacts:
     return _per_channel(ctx, [(1, Role.NORM_SCALE), (2, Role.NORM_SHIFT)])
 
 
-@rule("GroupNormalization")
+@rule("GroupNormalization", opsets=(18, None))
 def group_norm(node, ctx: RuleContext) -> OpFacts:
-    return block(
-        ctx,
-        "GroupNormalization normalizes over groups of channels: removing one changes the "
-        "statistics of the others",
-    )
+    """Statistics per (sample, group of C/G channels): removing whole groups leaves the
+    survivors' statistics unchanged, so each group is one unit (its channels are tied) and
+    ``num_groups`` is rewritten. Scale and shift are per channel (opset 21) or per group
+    (opset 18), members either way."""
+    x, y = ctx.input(0), ctx.output(0)
+    xs = ctx.shape(x)
+    groups = int(ctx.attr("num_groups", 0))
+    if xs is None or len(xs) < 2:
+        return block(ctx, "input rank is unknown")
+    c = xs[1]
+    if not isinstance(c, int) or groups <= 0 or c % groups:
+        return block(ctx, f"GroupNormalization with {c} channels in {groups} groups")
+    per = c // groups
+    for i in (1, 2):
+        if not ctx.is_param(ctx.input(i)):
+            return block(ctx, f"GroupNormalization input {i} is not a constant initializer")
+    facts = OpFacts()
+    sx, sy = Slot(x, (1,)), Slot(y, (1,))
+    if not map_axes(ctx, x, y, {a: a for a in range(len(xs))}, facts):
+        return facts
+    for s in ctx.slots(x) + ctx.slots(y):
+        if 1 in s.axes and len(s.axes) != 1:
+            return block(ctx, f"composite channel slot {s} through a norm")
+    if sx not in ctx.slots(x) and sy not in ctx.slots(y):
+        facts.links.append(_link(sx, sy))
+    if per > 1:  # every channel of a group goes with the group's first channel
+        first = np.arange(c) // per * per
+        facts.links.append(Link(sx, sx, np.arange(c), first))
+    for i, role in ((1, Role.NORM_SCALE), (2, Role.NORM_SHIFT)):
+        n = ctx.shape(ctx.input(i))
+        if n == (c,):
+            facts.params.append(Param(ctx.input(i), 0, sy, role))
+        elif n == (groups,):
+            facts.params.append(Param(ctx.input(i), 0, sy, role, np.arange(groups) * per))
+        else:
+            return block(ctx, f"GroupNormalization input {i} has shape {n}")
+    facts.resets.append(sy)
+    facts.fixups.append(_num_groups_fixup(node.name, y, per))
+    return facts
+
+
+def _num_groups_fixup(node_name: str, y: str, per: int) -> Fixup:
+    def apply(node, info: FixInfo) -> None:
+        node.attributes["num_groups"] = ir.AttrInt64("num_groups", int(info.new_shape(y)[1]) // per)
+
+    return Fixup(node_name, "rewrite num_groups", apply)
 
 
 @rule("LayerNormalization")

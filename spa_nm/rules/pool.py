@@ -102,20 +102,20 @@ def reduce(node, ctx: RuleContext) -> OpFacts:
         j += 1
     facts = OpFacts()
     stats = set()
-    if node.op_type == "ReduceMean" and keep:
-        # a normalization statistic (RMSNorm, a decomposed LayerNorm: mean over the channel
-        # axis, broadcast back): removing channels changes it, so it is approximate
-        for s in ctx.slots(x):
-            if set(s.axes) <= set(axes):
-                stats.add(s)
-                facts.approximate.append(
-                    block(
-                        ctx,
-                        f"ReduceMean reduces it: a mean over channel slot {s} (a normalization "
-                        "statistic) changes when channels are removed",
-                        (x,),
-                    )
+    # a reduction over a whole channel slot is a statistic of the channels (LayerNorm or
+    # RMSNorm written out as ReduceMean / ReduceSum / ReduceSumSquare / ReduceL2, a softmax's
+    # ReduceMax): removing channels changes it, so it is approximate, never a hard block
+    for s in ctx.slots(x):
+        if set(s.axes) <= set(axes):
+            stats.add(s)
+            facts.approximate.append(
+                block(
+                    ctx,
+                    f"{node.op_type} reduces it: a statistic over channel slot {s} (a "
+                    "normalization's) changes when channels are removed",
+                    (x,),
                 )
+            )
     if not map_axes(RestrictedContext(ctx, {x: stats}), x, y, amap, facts, what=f"{node.op_type} reduces it"):
         return facts
     xs = ctx.shape(x)

@@ -210,9 +210,29 @@ def flatten_like(node, ctx: RuleContext) -> OpFacts:
     if node.op_type == "Squeeze":
         axes = ctx.attr("axes") if ctx.opset < 13 else ctx.const_ints(ctx.input(1))
         if axes is None and (ctx.opset < 13 or ctx.input(1) is None):
-            return block(ctx, "Squeeze without axes would drop a channel axis pruned to 1")
+            # every size-1 axis goes: name them, so a channel pruned to 1 stays
+            xs = ctx.shape(x)
+            if xs is None or not all(isinstance(d, int) for d in xs):
+                return block(ctx, "Squeeze without axes on a shape with unknown dims")
+            facts.fixups.append(
+                _squeeze_axes_fixup(node.name, [k for k, d in enumerate(xs) if d == 1], ctx.opset)
+            )
     reshape_facts(ctx, x, y, facts)
     return _with_copy(ctx, facts)
+
+
+def _squeeze_axes_fixup(node_name: str, axes: list[int], opset: int) -> Fixup:
+    def apply(node: ir.Node, info: FixInfo) -> None:
+        if info.new_shape(node.inputs[0].name) == info.old_shape(node.inputs[0].name):
+            return
+        if any(a.name == "axes" for a in node.attributes.values()) or len(node.inputs) > 1:
+            return
+        if opset < 13:
+            node.attributes["axes"] = ir.AttrInt64s("axes", axes)
+        else:
+            info.new_const(node, 1, np.asarray(axes, dtype=np.int64))
+
+    return Fixup(node_name, "name the squeezed axes", apply)
 
 
 @rule("Transpose")

@@ -212,9 +212,8 @@ C = [
     ),
     Case("instancenorm", "y = InstanceNormalization (c1, s, t)", decl="float[8] s, float[8] t"),
     Case(
-        "groupnorm_blocks",
+        "groupnorm",
         "y = GroupNormalization <num_groups = 2> (c1, s, t)",
-        "block:GroupNormalization",
         opset=21,
         decl="float[8] s, float[8] t",
     ),
@@ -273,11 +272,16 @@ C = [
         "g = GlobalAveragePool (c1)\n s = Squeeze (g, ax)\n y = Unsqueeze (s, ax)",
         decl="int64[2] ax = {2, 3}",
     ),
+    # no axes: every size-1 axis goes; surgery names them (a channel pruned to 1 stays)
     Case(
-        "squeeze_no_axes_blocks",
+        "squeeze_no_axes",
         "g = GlobalAveragePool (c1)\n s = Squeeze (g)\n y = Unsqueeze (s, ax)",
-        "block:Squeeze without axes",
         decl="int64[3] ax = {0, 2, 3}",
+    ),
+    Case(
+        "squeeze_no_axes_11",
+        "g = GlobalAveragePool (c1)\n s = Squeeze (g)\n y = Unsqueeze <axes = [0, 2, 3]> (s)",
+        opset=11,
     ),
     # -- concat / split / slice ------------------------------------------------------------
     # one part (a cache Concat with no past, left by onnxruntime's optimizer): a copy
@@ -544,6 +548,57 @@ C = [
         "prune",
         decl="float[8, 1, 1] k",
     ),
+    # -- indexing and selection -----------------------------------------------------------
+    Case("topk", "v, i = TopK <axis = 3> (c1, k)\n y = Identity (v)", decl="int64[1] k = {3}"),
+    Case(
+        "topk_channel_blocks",
+        "v, i = TopK <axis = 1> (c1, k)\n y = Identity (v)",
+        "block:TopK selects along channel axis",
+        decl="int64[1] k = {3}",
+        y_channels=3,
+    ),
+    Case("argmax", "a = ArgMax <axis = 3> (c1)\n y = Cast <to = 1> (a)"),
+    Case(
+        "argmin_last_index",
+        "a = ArgMin <axis = 2, keepdims = 0, select_last_index = 1> (c1)\n u = Unsqueeze (a, ax)\n"
+        " y = Cast <to = 1> (u)",
+        decl="int64[1] ax = {2}",
+    ),
+    Case(
+        "argmax_channel_blocks",
+        "a = ArgMax <axis = 1> (c1)\n y = Cast <to = 1> (a)",
+        "block:ArgMax selects along channel axis",
+        y_channels=1,
+    ),
+    Case("gathernd", "y = GatherND (c1, ind)", decl="int64[1, 1] ind = {0}"),
+    Case(
+        "gathernd_channel_blocks",
+        "y = GatherND <batch_dims = 1> (c1, ind)",
+        "block:GatherND indexes a channel axis",
+        decl="int64[1, 1, 1] ind = {2}",
+        y_channels=1,
+    ),
+    Case(
+        "scatterelements",
+        "u = ReduceMax <axes = [3]> (c1)\n y = ScatterElements <axis = 3> (c1, ind, u)",
+        decl="int64[1, 8, 6, 1] ind = {" + ", ".join(str(i % 6) for i in range(48)) + "}",
+    ),
+    Case(
+        "scatternd",
+        "u = Relu (c1)\n y = ScatterND (c1, ind, u)",
+        decl="int64[1, 1] ind = {0}",
+    ),
+    Case(
+        "nonzero_blocks",
+        "n = NonZero (c1)\n f = Cast <to = 1> (n)\n r = ReduceSum <keepdims = 0> (f)\n y = Add (c1, r)",
+        "block:NonZero",
+    ),
+    Case(
+        "range_positions",
+        "r = Range (z, l, o)\n f = Cast <to = 1> (r)\n y = Mul (c1, f)",
+        decl="int64 z = {0}, int64 l = {6}, int64 o = {1}",
+    ),
+
 ]
 
 CASES = {c.id: c for c in C}

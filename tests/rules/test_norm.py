@@ -73,13 +73,29 @@ CASES: list[Case] = [
         "instancenorm_sigmoid_1x1_folds",
         net("n = InstanceNormalization (p, s, t)\n y = Sigmoid (n)", "float[8] s, float[8] t"),
     ),
-    # GroupNorm mixes the channels of a group: blocked (opset 18's per-group scale is
-    # deprecated and fails the checker; 21 has a per-channel scale)
+    # GroupNorm: whole groups of C/G channels go (the others' statistics are unchanged), with
+    # num_groups rewritten (opset 18's per-group scale is deprecated and fails the checker; 21
+    # has a per-channel scale)
     *[
         Case(
-            f"groupnorm_{g}_blocks",
-            net(f"y = GroupNormalization <num_groups = {g}> (p, s, t)", "float[8] s, float[8] t", opset=21),
-            "block:GroupNormalization",
+            f"groupnorm_{g}",
+            net(f"y = GroupNormalization <num_groups = {g}> (p, s, t)", "float[8] s, float[8] t",
+                opset=21, consumer="3x3"),
+        )
+        for g in (2, 4, 8)
+    ],
+    # the legacy exporter's GroupNorm: Reshape to [N, G, -1], InstanceNorm per group, Reshape
+    # back, per-channel affine
+    *[
+        Case(
+            f"groupnorm_decomposed_{g}",
+            net(
+                "r = Reshape (p, gshape)\n n = InstanceNormalization (r, one, zero)\n"
+                "b = Reshape (n, back)\n m = Mul (b, gam)\n y = Add (m, bet)",
+                f"int64[3] gshape = {{0, {g}, -1}}, float[{g}] one, float[{g}] zero, "
+                "int64[4] back = {2, 8, 6, 6}, float[8, 1, 1] gam, float[8, 1, 1] bet",
+                consumer="3x3",
+            ),
         )
         for g in (2, 4)
     ],

@@ -182,15 +182,20 @@ CASES: list[Case] = [
             "g = GlobalAveragePool (p)\n y = Squeeze <axes = [3, 2]> (g)", opset=11, consumer="gemm"
         ),
     ),
+    # without axes every size-1 axis goes: surgery names them, so a channel pruned to one
+    # stays (batch 2: the batch axis is not squeezed)
     Case(
-        "squeeze_without_axes_blocks",
+        "squeeze_without_axes",
         net("g = GlobalAveragePool (p)\n y = Squeeze (g)", consumer="gemm"),
-        "block:Squeeze without axes",
     ),
     Case(
-        "squeeze_without_axes_11_blocks",
+        "squeeze_without_axes_11",
         net("g = GlobalAveragePool (p)\n y = Squeeze (g)", opset=11, consumer="gemm"),
-        "block:Squeeze without axes",
+    ),
+    Case(
+        "squeeze_without_axes_symbolic_blocks",
+        net("g = GlobalAveragePool (p)\n y = Squeeze (g)", consumer="gemm", batch="N"),
+        "block:Squeeze without axes on a shape with unknown dims",
     ),
     # Transpose
     Case(
