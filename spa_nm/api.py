@@ -20,6 +20,7 @@ from spa_nm.graph import analyze as _analyze
 from spa_nm.metrics import count
 from spa_nm.passes import (
     fold_shape_arithmetic,
+    inline_constant_ifs,
     remove_dead_nodes,
     split_shared_fills,
     unmerge_transposes,
@@ -114,7 +115,7 @@ def _prepared(model: ir.Model, symbolic: bool = False) -> ir.Model:
     split_shared_fills(work)  # one zero state per stacked-RNN layer, not one for all
     for _ in range(4):
         # unmerge: a batched transpose written through a merged [B*H] axis (dynamo exporter)
-        if not fold_shape_arithmetic(work) + unmerge_transposes(work):
+        if not fold_shape_arithmetic(work) + unmerge_transposes(work) + inline_constant_ifs(work):
             break
         io.infer_shapes(work)
         if symbolic:

@@ -17,6 +17,9 @@ _QUANTIZED = (ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT4, ir.DataType
               ir.DataType.INT16, ir.DataType.UINT16)  # fmt: skip
 
 
+_MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", "Attention", "LSTM", "GRU", "RNN"}
+
+
 def count(model: ir.Model, view: ModelView | None = None) -> dict:
     """``{"params", "macs", "by_op": {op: {"params", "macs"}}}`` for the main graph.
 
@@ -63,7 +66,14 @@ def _static(shape) -> bool:
 
 
 def _dynamic(model: ir.Model) -> bool:
-    return any(not _static(v.shape) for v in model.graph.inputs)
+    """Symbolic or unknown dims on a graph input, or on an output of a node that has MACs
+    (ONNX inference leaves dims behind run-time shape arithmetic unknown even for a static
+    input)."""
+    if any(not _static(v.shape) for v in model.graph.inputs):
+        return True
+    return any(
+        node.op_type in _MAC_OPS and not _static(node.outputs[0].shape) for node in model.graph
+    )
 
 
 def _static_copy(model: ir.Model) -> ir.Model:
@@ -80,4 +90,13 @@ def _static_copy(model: ir.Model) -> ir.Model:
     for v in work.graph.outputs:
         if v.shape is not None and not _static(v.shape):
             v.shape = None
-    return infer_shapes(work)
+    work = infer_shapes(work)
+    # with the dims fixed, run-time shape arithmetic (an attention block's Shape -> Gather ->
+    # Concat -> Reshape) is static: fold it so inference reaches the MatMuls behind it
+    from spa_nm.passes import fold_shape_arithmetic
+
+    for _ in range(4):
+        if not fold_shape_arithmetic(work):
+            break
+        work = infer_shapes(work)
+    return work

@@ -22,7 +22,8 @@ import numpy as np
 import onnx_ir as ir
 from spa_nm.errors import ConfigError
 from spa_nm.graph import ModelView, node_label
-from spa_nm.rules import RuleContext, nm_axis_of
+from spa_nm.rules import RuleContext, lookup, nm_axis_of
+from spa_nm.surgery import set_constant_node
 
 __all__ = ["NMSpec", "check_nm", "nm_mask", "sparsify"]
 
@@ -72,6 +73,26 @@ def check_nm(w: np.ndarray, axis: int, spec: NMSpec) -> bool:
     return bool(np.all(np.count_nonzero(blocks, axis=1) <= spec.n))
 
 
+def _subgraph_weights(model: ir.Model) -> list[dict[str, str]]:
+    """Layers inside If/Loop/Scan bodies: left dense, each listed with the reason."""
+    out = []
+    for node in model.graph:
+        for attr in node.attributes.values():
+            graphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else (
+                list(attr.value) if attr.type == ir.AttributeType.GRAPHS else []
+            )
+            for sub in graphs:
+                for inner in ir.traversal.RecursiveGraphIterator(sub):
+                    opset = model.opset_imports.get(inner.domain, model.opset_imports.get("", 13))
+                    entry = lookup(inner.domain, inner.op_type, opset)
+                    if entry is not None and entry.nm_axis is not None:
+                        out.append({
+                            "node": inner.name or inner.op_type, "op": inner.op_type,
+                            "reason": f"inside the {node.op_type} {node.name or ''} body: left dense",
+                        })  # fmt: skip
+    return out
+
+
 def sparsify(model: ir.Model, spec: NMSpec, ignore: tuple[str, ...] = ()) -> tuple[ir.Model, dict[str, Any]]:
     """A copy of ``model`` with N:M-masked weights, and the report."""
     from spa_nm.api import copy_model
@@ -103,8 +124,11 @@ def sparsify(model: ir.Model, spec: NMSpec, ignore: tuple[str, ...] = ()) -> tup
             skip("ignored by --ignore")
             continue
         arr = view.const(w.name) if view.is_param(w.name) else None
-        if arr is None or w.producer() is not None:
-            skip("weight is not a constant initializer")
+        producer = w.producer()
+        if arr is None or (producer is not None and producer.op_type != "Constant"):
+            # computed (a Cast of an fp16 table, a DequantizeLinear): masking the result
+            # would change no stored tensor, masking the source another op's input
+            skip("weight is computed, not a constant tensor")
             continue
         if arr.dtype.kind != "f":
             skip(f"weight {w.name} is {arr.dtype}, not floating point")
@@ -117,12 +141,16 @@ def sparsify(model: ir.Model, spec: NMSpec, ignore: tuple[str, ...] = ()) -> tup
             continue
         mask = nm_mask(arr, axis, spec)
         new = np.where(mask, arr, np.zeros((), arr.dtype)).astype(arr.dtype)
-        w.const_value = ir.tensor(new, name=w.name)
+        if producer is None:
+            w.const_value = ir.tensor(new, name=w.name)
+        else:  # a Constant node (paddle2onnx writes every weight this way)
+            set_constant_node(producer, ir.tensor(new, name=w.name))
         nz = int(np.count_nonzero(new))
         zeros += new.size - nz
         total += new.size
         done.append({"node": label, "op": node.op_type, "weight": w.name, "shape": list(arr.shape),
                      "axis": axis, "sparsity": round(1 - nz / new.size, 4)})  # fmt: skip
+    skipped += _subgraph_weights(work)
     report = {
         "pattern": str(spec),
         "layers_sparsified": done,

@@ -20,6 +20,7 @@ import onnx_ir as ir
 __all__ = [
     "add_initializer",
     "fold_shape_arithmetic",
+    "inline_constant_ifs",
     "remove_dead_nodes",
     "slice_ints",
     "split_shared_fills",
@@ -537,3 +538,55 @@ def split_shared_fills(model: ir.Model) -> int:
             reader.replace_input_with(index, twin.outputs[0])
             made += 1
     return made
+
+
+def inline_constant_ifs(model: ir.Model) -> int:
+    """Replace each top-level ``If`` whose condition is a constant by the nodes of the branch it
+    always takes (exact: the other branch never runs). The If's outputs keep their names, as
+    Identities of the branch's outputs. Returns the number of Ifs inlined."""
+    g = model.graph
+    done = 0
+    for node in list(g):
+        if node.op_type != "If" or node.domain not in ("", "ai.onnx") or not node.inputs:
+            continue
+        cond = _constant_array(node.inputs[0])
+        if cond is None or cond.size != 1:
+            continue
+        attr = node.attributes.get("then_branch" if bool(cond.reshape(-1)[0]) else "else_branch")
+        if attr is None or len(attr.value.outputs) != len(node.outputs):
+            continue
+        branch = attr.value
+        for name, v in list(branch.initializers.items()):
+            if name in g.initializers:
+                break
+        else:
+            for name, v in list(branch.initializers.items()):
+                branch.initializers.pop(name)
+                add_initializer(model, v)
+            for inner in list(branch):
+                branch.remove(inner)
+                g.insert_before(node, inner)
+            for out, src in zip(node.outputs, list(branch.outputs), strict=True):
+                branch.outputs.remove(src)
+                ident = ir.Node("", "Identity", [src], name=f"{node.name or 'If'}_{out.name}")
+                res = ident.outputs[0]
+                res.shape, res.type = out.shape or src.shape, out.type or src.type
+                name = out.name
+                out.name = f"{name}__if"
+                res.name = name
+                g.insert_before(node, ident)
+                out.replace_all_uses_with(res, replace_graph_outputs=True)
+            g.remove(node, safe=True)
+            done += 1
+    return done
+
+
+def _constant_array(v: ir.Value | None) -> np.ndarray | None:
+    if v is None:
+        return None
+    if v.const_value is not None and not v.is_graph_input():
+        return v.const_value.numpy()
+    p = v.producer()
+    if p is not None and p.op_type == "Constant" and "value" in p.attributes:
+        return p.attributes["value"].value.numpy()
+    return None

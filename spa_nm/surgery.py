@@ -229,11 +229,11 @@ def _set_const(view, name: str, arr: np.ndarray) -> None:
         v.const_value = ir.tensor(arr, name=name)
         v.shape = ir.Shape(arr.shape)
         return
-    _set_constant_node(v.producer(), ir.tensor(arr, name=name))
+    set_constant_node(v.producer(), ir.tensor(arr, name=name))
     v.shape = ir.Shape(arr.shape)
 
 
-def _set_constant_node(node: ir.Node, tensor) -> None:
+def set_constant_node(node: ir.Node, tensor) -> None:
     """Make ``tensor`` the one value of a Constant node (dropping value_ints and the like)."""
     node.attributes["value"] = ir.AttrTensor("value", tensor)
     for key in ("value_float", "value_floats", "value_int", "value_ints"):
@@ -255,7 +255,7 @@ def _replace_const_input(dg: DependencyGraph, node: ir.Node, index: int, arr: np
         and v.producer() is not None
         and v.producer().op_type == "Constant"
     ):
-        _set_constant_node(v.producer(), ir.tensor(arr))
+        set_constant_node(v.producer(), ir.tensor(arr))
         v.shape = ir.Shape(arr.shape)
         return
     base = (v.name if v is not None else f"{node.name or node.op_type}_in{index}") + "_pruned"

@@ -17,7 +17,7 @@ from spa_nm.io import to_proto_with_data
 from spa_nm.runtime import as_array
 from spa_nm.graph import ModelView
 from spa_nm.view import _constant_node_value
-from spa_nm.surgery import _set_constant_node
+from spa_nm.surgery import set_constant_node
 
 __all__ = ["assert_prune_equivalent", "random_feeds", "run", "zeroed_copy"]
 
@@ -123,7 +123,7 @@ def zeroed_copy(original: ir.Model, result: PruneResult) -> ir.Model:
         if name in consts:
             consts[name].const_value = ir.tensor(arr, name=name)
         else:
-            _set_constant_node(producers[name], ir.tensor(arr))
+            set_constant_node(producers[name], ir.tensor(arr))
     return model
 
 

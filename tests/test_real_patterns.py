@@ -216,3 +216,109 @@ def test_squeeze_without_axes_keeps_a_channel_pruned_to_one(opset):
     model = _model(nodes, [_f("x", [1, 3, 5, 5])], [_f("y", [1, 4])], inits, opset=opset)
     res = _prune_exactly(model)
     assert res.model.graph.initializers["w1"].const_value.shape[0] == 1
+
+
+def _constant_weight_mlp() -> ir.Model:
+    """paddle2onnx's newer exporter: every weight is a Constant node, none an initializer; and
+    a Linear inside an If branch."""
+    rng = np.random.default_rng(0)
+    w1 = nh.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1")
+    w2 = nh.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")
+    wb = nh.from_array(rng.standard_normal((4, 4)).astype(np.float32), "wb")
+    then = helper.make_graph(
+        [helper.make_node("Constant", [], ["wb_c"], value=wb),
+         helper.make_node("MatMul", ["h2", "wb_c"], ["t_out"], name="branch_matmul")],
+        "then", [], [_f("t_out", [2, 4])],
+    )  # fmt: skip
+    other = helper.make_graph([helper.make_node("Identity", ["h2"], ["e_out"])], "else", [], [_f("e_out", [2, 4])])
+    nodes = [
+        helper.make_node("Constant", [], ["w1_c"], value=w1),
+        helper.make_node("Constant", [], ["w2_c"], value=w2),
+        helper.make_node("MatMul", ["x", "w1_c"], ["h1"], name="fc1"),
+        helper.make_node("Relu", ["h1"], ["r1"]),
+        helper.make_node("MatMul", ["r1", "w2_c"], ["h2"], name="fc2"),
+        helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other, name="branch"),
+    ]
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+    return _model(nodes, [_f("x", [2, 8]), flag], [_f("y", [2, 4])], [])
+
+
+def test_nm_sparsifies_constant_node_weights_and_lists_subgraph_layers():
+    from spa_nm.nm import check_nm
+
+    model = _constant_weight_mlp()
+    out, rep = spa_nm.sparsify(model, "2:4")
+    done = {d["node"] for d in rep["layers_sparsified"]}
+    assert {"fc1", "fc2"} <= done, rep
+    skipped = {d["node"]: d["reason"] for d in rep["layers_skipped"]}
+    assert "branch_matmul" in skipped and "If" in skipped["branch_matmul"]
+    consts = {n.outputs[0].name: n.attributes["value"].value.numpy() for n in out.graph if n.op_type == "Constant"}
+    assert check_nm(consts["w1_c"], 0, spa_nm.nm.NMSpec(2, 4))
+    assert check_nm(consts["w2_c"], 0, spa_nm.nm.NMSpec(2, 4))
+    # the input model is untouched
+    orig = {n.outputs[0].name: n.attributes["value"].value.numpy() for n in model.graph if n.op_type == "Constant"}
+    assert np.count_nonzero(orig["w1_c"]) == orig["w1_c"].size
+    # a masked reference: the same graph with the masked weights computes the same output
+    import onnxruntime as ort
+
+    feeds = {"x": np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32), "flag": np.array(False)}
+    sess = ort.InferenceSession(ir.serde.serialize_model(out).SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = np.maximum(feeds["x"] @ consts["w1_c"], 0) @ consts["w2_c"]
+    np.testing.assert_allclose(sess.run(None, feeds)[0], ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.torch
+def test_macs_count_matmuls_behind_run_time_shape_arithmetic(tmp_path):
+    """A static legacy BERT export: ONNX inference leaves the batch dim after the embeddings
+    unknown, so the MatMuls had no output shape and counted 0 MACs."""
+    pytest.importorskip("transformers")
+    from models.transformers_zoo import cached_export
+    from spa_nm.metrics import count
+
+    model = spa_nm.load(cached_export("bert_tiny", "legacy", tmp_path, dynamic=False))
+    tokens = int(np.prod([d for d in model.graph.inputs[0].shape]))
+    linear = 0
+    for node in model.graph:
+        w = node.inputs[1] if node.op_type == "MatMul" and len(node.inputs) > 1 else None
+        if w is not None and w.const_value is not None and len(w.const_value.shape) == 2:
+            linear += tokens * int(np.prod(w.const_value.shape.numpy()))
+    assert linear > 0
+    assert count(model)["by_op"]["MatMul"]["macs"] >= linear
+
+
+def _mlp_in_if(cond_from_shape: bool) -> ir.Model:
+    """An MLP that lives in an If's then-branch (weights are outer initializers the branch
+    captures, as torch exports them); the condition is a constant, or a test on a static
+    shape that folds to one."""
+    rng = np.random.default_rng(0)
+    inits = [
+        nh.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1"),
+        nh.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2"),
+        nh.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w3"),
+    ]
+    then = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["t_out"])],
+        "then", [], [_f("t_out", [2, 4])],
+    )  # fmt: skip
+    other = helper.make_graph([helper.make_node("MatMul", ["x", "w3"], ["e_out"])], "else", [], [_f("e_out", [2, 4])])
+    if cond_from_shape:
+        inits += [nh.from_array(np.array(8, np.int64), "eight"), nh.from_array(np.array(1, np.int64), "one")]
+        pre = [
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Gather", ["s", "one"], ["d"], axis=0),
+            helper.make_node("Equal", ["d", "eight"], ["cond"]),
+        ]
+    else:
+        pre = [helper.make_node("Constant", [], ["cond"], value=nh.from_array(np.array(True)))]
+    nodes = [*pre, helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)]
+    return _model(nodes, [_f("x", [2, 8])], [_f("y", [2, 4])], inits)
+
+
+@pytest.mark.parametrize("cond_from_shape", [False, True], ids=["constant", "static-shape-test"])
+def test_if_with_a_constant_condition_prunes_the_branch_it_takes(cond_from_shape):
+    model = _mlp_in_if(cond_from_shape)
+    res = _prune_exactly(model)
+    assert res.model.graph.initializers["w1"].const_value.shape == (8, 8)
+    assert not [n for n in res.model.graph if n.op_type == "If"]
+    assert [v.name for v in res.model.graph.outputs] == ["y"]
