@@ -322,3 +322,28 @@ def test_if_with_a_constant_condition_prunes_the_branch_it_takes(cond_from_shape
     assert res.model.graph.initializers["w1"].const_value.shape == (8, 8)
     assert not [n for n in res.model.graph if n.op_type == "If"]
     assert [v.name for v in res.model.graph.outputs] == ["y"]
+
+
+def test_one_element_channel_slot_through_a_reshape_blocks_nothing():
+    """A 1-channel map (spatial attention, YOLO's DFL output) reshaped with its size-1 axis
+    dropped: a channel space of one element cannot shrink, so the Reshape has nothing to
+    block, and the reshaped map's other reader keeps its group."""
+    rng = np.random.default_rng(0)
+    i64 = lambda v, n: nh.from_array(np.array(v, np.int64), n)  # noqa: E731
+    inits = [
+        nh.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w1"),
+        nh.from_array(0.2 * rng.standard_normal((1, 8, 1, 1)).astype(np.float32), "wg"),
+        nh.from_array(0.2 * rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "w2"),
+        i64([2, 6, 6], "s3"), i64([1], "ax"),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["p", "wg"], ["g"]),  # [2, 1, 6, 6]
+        helper.make_node("Reshape", ["g", "s3"], ["r"]),  # [2, 6, 6]
+        helper.make_node("Unsqueeze", ["r", "ax"], ["u"]),
+        helper.make_node("Mul", ["p", "u"], ["m"]),
+        helper.make_node("Conv", ["m", "w2"], ["y"]),
+    ]
+    model = _model(nodes, [_f("x", [2, 3, 6, 6])], [_f("y", [2, 4, 6, 6])], inits)
+    res = _prune_exactly(model)
+    assert not [b for b in res.report["blocked"] if "size-1" in b["reason"]], res.report["blocked"]

@@ -327,6 +327,10 @@ def reshape_facts(ctx: RuleContext, x: str, y: str, facts: OpFacts) -> bool:
         if not cin and not cout:
             continue
         if not gi or not go:
+            if all(_one_element(ctx, s) for s in cin + cout):
+                # a channel space of one element (a 1-channel Conv's input) can never lose
+                # it: nothing to link, nothing to rewrite, and nothing else to block
+                continue
             facts.blocked.append(block(ctx, "channel slot on a size-1 dim"))
             return False
         if not all(isinstance(xs[k], int) for k in gi) or not all(isinstance(ys[k], int) for k in go):
@@ -335,6 +339,11 @@ def reshape_facts(ctx: RuleContext, x: str, y: str, facts: OpFacts) -> bool:
         if not _group_links(ctx, x, y, gi, go, cin, cout, facts):
             return False
     return True
+
+
+def _one_element(ctx: RuleContext, s: Slot) -> bool:
+    shape = ctx.shape(s.value)
+    return shape is not None and all(a < len(shape) and shape[a] == 1 for a in s.axes)
 
 
 def _aligned_split(
