@@ -30,6 +30,7 @@ import networkx as nx
 import numpy as np
 import onnx_ir as ir
 
+from spa_nm.errors import UnsupportedModelError
 from spa_nm.facts import Blocked, OpFacts, Param, Role, Slot
 from spa_nm.rules import RuleContext, lookup
 from spa_nm.rules._context import MAX_SLOT_ELEMENTS, UnknownRank
@@ -313,8 +314,9 @@ def analyze(
     return DependencyGraph(view, gx, facts, offsets, slots, labels, groups, blocked_ops, kappa)
 
 
-class AnalysisLimit(RuntimeError):
-    """The rule pass did not reach its fixed point within its bound (a rule that oscillates)."""
+class AnalysisLimit(UnsupportedModelError):
+    """The rule pass did not reach its fixed point within its bound (a rule that oscillates):
+    the model fails with this error, nothing is pruned on a partial analysis."""
 
 
 def _propagate(view: ModelView) -> tuple[dict[str, set[Slot]], dict[int, OpFacts | Blocked]]:
