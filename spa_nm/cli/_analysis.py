@@ -9,7 +9,7 @@ from spa_nm.errors import InputError
 
 
 def _sensitivity(args) -> int:
-    from spa_nm import api
+    from spa_nm.cli._input import load_input
     from spa_nm.sensitivity import format_table, sensitivity, write_outputs
 
     _check_obspa_args(args)
@@ -19,7 +19,7 @@ def _sensitivity(args) -> int:
     out = Path(args.output) if args.output else Path(f"{src.stem}_sensitivity")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: output must be a folder")
-    model = api.load(src)
+    model, _ = load_input(args.model)
     res = sensitivity(model, args.ratios, args.criterion, per=args.per, data=args.data, samples=args.samples,
                       round_to=args.round_to, seed=args.seed, hessian=args.hessian, calibration=args.calibration)  # fmt: skip
     res["model"] = str(src)

@@ -10,10 +10,12 @@ from spa_nm.errors import InputError
 
 def _verify(args) -> int:
     from spa_nm import runtime
+    from spa_nm.cli._input import check_file
 
     for p in (args.original, args.candidate):
         if not Path(p).is_file():
             raise InputError(f"{p}: no such file")
+        check_file(p)
     rep = runtime.verify(args.original, args.candidate, atol=args.atol, data=args.data, provider=args.provider)
     if args.json:
         print(json.dumps(rep, indent=2))
@@ -27,10 +29,12 @@ def _verify(args) -> int:
 
 def _bench(args) -> int:
     from spa_nm import runtime
+    from spa_nm.cli._input import check_file
 
     for p in args.models:
         if not Path(p).is_file():
             raise InputError(f"{p}: no such file")
+        check_file(p)
     res = runtime.bench(args.models, args.provider, args.batch, args.threads, args.warmup, args.iters)
     if args.json:
         print(json.dumps([r.as_dict() for r in res], indent=2))

@@ -12,7 +12,8 @@ from spa_nm.errors import InputError
 
 
 def _finetune(args) -> int:
-    from spa_nm import api, io
+    from spa_nm import io
+    from spa_nm.cli._input import load_input
     from spa_nm.nm import NMSpec
     from spa_nm.report import write_json
     from spa_nm.train.finetune import finetune
@@ -25,7 +26,7 @@ def _finetune(args) -> int:
     io.check_output_path(args.output, inputs)
     if args.report:
         io.check_output_path(args.report, [*inputs, args.output])
-    model = api.load(args.model)
+    model, _ = load_input(args.model)
     if args.threads and args.method != "oneshot":
         from spa_nm.train.finetune import _torch
 
@@ -66,7 +67,8 @@ def _finetune(args) -> int:
 
 
 def _regime(args) -> int:
-    from spa_nm import api, io
+    from spa_nm import io
+    from spa_nm.cli._input import load_input
     from spa_nm.errors import ConfigError
     from spa_nm.regimes import run_regime
     from spa_nm.report import write_json
@@ -80,7 +82,7 @@ def _regime(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    model = api.load(args.model)
+    model, _ = load_input(args.model)
     prune_kw = {"global_ranking": args.global_ranking, "round_to": args.round_to, "steps": args.steps,
                 "aggregation": args.aggregation, "ignore": tuple(args.ignore)}  # fmt: skip
     new, report = run_regime(
