@@ -32,15 +32,19 @@ def _arrow(a: int | None, b: int | None) -> str:
 
 
 def summary_table(entries: list[dict[str, Any]]) -> str:
-    """One row per model: params and MACs before → after, groups pruned/blocked, seconds."""
+    """One row per model: params and MACs before → after, groups pruned/blocked, seconds; a
+    model that is not ``ok`` (``declined``, ``error``, ``timeout``) shows its cause instead."""
     head = ("model", "status", "params", "MACs", "groups pruned/blocked", "s")
     rows = [head]
     for e in entries:
         name = Path(e.get("input", "?")).name
-        if e.get("status") != "ok":
-            rows.append(
-                (name, "error", e.get("error", "")[:60], "", "", f"{e.get('seconds', 0):.2f}")
-            )
+        status = e.get("status") or "error"
+        if status != "ok":
+            cause = e.get("error") or ""
+            prefix = f"{e.get('input')}: "
+            if cause.startswith(prefix):  # the row names the model already
+                cause = cause[len(prefix) :]
+            rows.append((name, status, cause[:60], "", "", f"{e.get('seconds', 0):.2f}"))
             continue
         blocked = e.get("groups_total", 0) - e.get("groups_prunable", 0)
         rows.append(

@@ -4,8 +4,11 @@ paths, progress bars, and the checks of options that several commands take."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from spa_nm.errors import InputError
@@ -61,24 +64,27 @@ def _ratios(text: str) -> list[float]:
     return out
 
 
-def _collect(inputs: list[str]) -> list[Path]:
-    files: list[Path] = []
+def _collect(inputs: list[str]) -> list[str]:
+    """The model files of ``inputs`` (files, and folders searched for ``*.onnx``), each once,
+    spelled as the user wrote it (a folder's files joined to the folder as written), so that
+    messages name them so."""
+    files: list[tuple[Path, str]] = []
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
             found = sorted(q for q in p.rglob("*.onnx") if q.is_file())
             if not found:
-                raise InputError(f"{p}: folder contains no .onnx models")
-            files.extend(found)
+                raise InputError(f"{raw}: folder contains no .onnx models")
+            files.extend((q, os.path.join(raw, str(q.relative_to(p)))) for q in found)
         else:
-            files.append(p)  # a missing file is reported per model
-    seen: dict[str, Path] = {}
+            files.append((p, raw))  # a missing file is reported per model
+    seen: set[str] = set()
     unique = []
-    for f in files:
+    for f, shown in files:
         key = str(f.resolve())
         if key not in seen:
-            seen[key] = f
-            unique.append(f)
+            seen.add(key)
+            unique.append(shown)
     return unique
 
 
@@ -152,3 +158,50 @@ def _check_obspa_args(args) -> None:
         raise ConfigError("--hessian and --calibration apply to --criterion obspa only")
     if args.calibration and not Path(args.calibration).is_file():
         raise InputError(f"{args.calibration}: no such file")
+
+
+# -- signals: SIGTERM unwinds like Ctrl-C (temporaries removed, finished outputs kept) and the
+# exit code says which signal (128 + signum) -------------------------------------------------
+
+_received: list[int] = []  # the signals received, in order
+
+
+def _on_signal(signum, frame):
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM and SIGINT raise KeyboardInterrupt and are remembered for `interrupted_by`."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, _on_signal)
+        except ValueError:  # not the main thread (embedded use)
+            pass
+
+
+def interrupted_by() -> int:
+    """The signal number behind the last KeyboardInterrupt (SIGINT when none was recorded)."""
+    return _received[-1] if _received else int(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def signals_held(reraise: bool = True) -> Iterator[None]:
+    """SIGTERM and SIGINT arriving inside the block are remembered, not raised: a child process
+    is registered before it can be lost, cleanup runs to its end. With ``reraise``, one that
+    arrived is raised (as KeyboardInterrupt) on leaving."""
+    held: list[int] = []
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    except ValueError:  # not the main thread: nothing to hold
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _received.extend(held)
+    if held and reraise:
+        raise KeyboardInterrupt

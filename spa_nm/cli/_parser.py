@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="count groups whose removal is not exact (LayerNorm/RMSNorm residual streams) as prunable",
     )
+    pi.add_argument("--force", action="store_true", help="read a model that fails the full ONNX checker anyway")
 
     pp = sub.add_parser(
         "prune",
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_obspa_args(pp)
     _add_schedule_args(pp)
     pp.add_argument("--report", metavar="FILE.json", help="write a JSON report")
-    pp.add_argument("--jobs", type=_positive, default=1, metavar="N", help="models pruned in parallel, each in its own process (default: 1)")
+    _add_batch_args(pp, "pruned")
     pp.add_argument("--dry-run", action="store_true", help="show what would be pruned; write no model")
 
     _add_sensitivity_parser(sub, common)
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--pattern", required=True, metavar="N:M", help="keep N of every M weights along the reduction axis, e.g. 2:4, 1:8")
     ps.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="node names or wildcard patterns to leave dense")
     ps.add_argument("--report", metavar="FILE.json", help="write a JSON report")
+    _add_batch_args(ps, "sparsified")
 
     _add_finetune_parser(sub, common)
 
@@ -230,6 +232,15 @@ def _add_finetune_parser(sub, common) -> None:
     pf.add_argument("--dense-frac", type=_float_arg(0, 1), help="share of dense steps first (default: 0.05 for mdgf/sdgf, else 0)")
     pf.add_argument("--final-frac", type=_float_arg(0, 1), help="share of binary target-mask steps last (default: 0.15 for mdgf/sdgf, else 0)")
     pf.add_argument("--report", metavar="FILE.json", help="write a JSON report")
+
+
+def _add_batch_args(parser, done: str) -> None:
+    parser.add_argument("--jobs", type=_positive, default=1, metavar="N", help=f"models {done} in parallel, each in its own process (default: 1)")
+    parser.add_argument("--timeout", type=_float_arg(0, lo_open=True), metavar="S",
+                        help="seconds per model (in its own process); a model past it is stopped and reported as 'timeout'")  # fmt: skip
+    parser.add_argument("--force", action="store_true",
+                        help="try a model that fails the full ONNX checker anyway (the output may keep the input's "
+                        "checker error, never a new one)")  # fmt: skip
 
 
 def _add_obspa_args(parser) -> None:
