@@ -458,3 +458,98 @@ def test_truncated_external_data(tmp_path):
     assert code == 2
     assert_one_line_error(err, "m.onnx", "truncated")
     assert not (tmp_path / "o.onnx").exists()
+
+
+# -- nothing to prune is a decline; --force -------------------------------------------------
+
+BLOCKED = """
+<ir_version: 8, opset_import: ["" : 13, "custom.ops" : 1]>
+blocked (float[1, 3, 8, 8] input) => (float[1, 4, 8, 8] output)
+<float[8, 3, 3, 3] w1, float[8, 8, 3, 3] w2, float[4, 8, 3, 3] w3, float[1, 8, 8, 8] b1, float[1, 8, 8, 8] b2>
+{
+  c1 = Conv <pads = [1, 1, 1, 1]> (input, w1)
+  b1 = custom.ops.Blob (c1)
+  c2 = Conv <pads = [1, 1, 1, 1]> (b1, w2)
+  b2 = custom.ops.Blob (c2)
+  output = Conv <pads = [1, 1, 1, 1]> (b2, w3)
+}
+"""
+
+
+@pytest.fixture
+def blocked_path(tmp_path: Path) -> Path:
+    from tests.helpers import model_from_text
+
+    p = tmp_path / "blocked.onnx"
+    onnx.save(model_from_text(BLOCKED), p)
+    return p
+
+
+def test_nothing_to_prune_is_declined(blocked_path, tmp_path, capsys):
+    out, rep = tmp_path / "out" / "o.onnx", tmp_path / "r.json"
+    before = digest(blocked_path)
+    assert main(["prune", str(blocked_path), "-o", str(out), "--ratio", "0.5", "--report", str(rep)]) == 1
+    assert not out.exists() and digest(blocked_path) == before
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    # each Blob keeps the channels on both its sides (two groups), the graph input and output
+    # one each; most common first
+    assert lines == [f"spa-nm: {blocked_path}: nothing to prune: 6 groups blocked: "
+                     "no rule for custom.ops::Blob (4), graph input (1), graph output (1)"]  # fmt: skip
+    (entry,) = json.loads(rep.read_text())["models"]
+    assert entry["status"] == "declined" and entry["output"] is None
+    assert entry["error"] == lines[0].removeprefix("spa-nm: ")
+    assert entry["groups_pruned"] == 0 and entry["params_after"] == entry["params_before"]
+    assert "declined" in captured.out and "nothing to prune" in captured.out
+
+
+def test_ratio_zero_and_dry_run_on_a_model_with_nothing_to_prune(blocked_path, tmp_path, capsys):
+    """Ratio 0 asks for the model unchanged: ok and written. A dry run declines too."""
+    same = tmp_path / "same.onnx"
+    assert main(["prune", str(blocked_path), "-o", str(same), "--ratio", "0", "-q"]) == 0
+    assert same.exists() and not capsys.readouterr().err
+    rep = tmp_path / "r.json"
+    assert main(["prune", str(blocked_path), "-o", str(tmp_path / "d" / "o.onnx"), "--ratio", "0.5", "--dry-run",
+                 "--report", str(rep), "-q"]) == 1  # fmt: skip
+    assert not (tmp_path / "d").exists()
+    assert "nothing to prune" in capsys.readouterr().err
+    (entry,) = json.loads(rep.read_text())["models"]
+    assert entry["status"] == "declined" and entry["output"] is None
+
+
+def test_a_decline_in_a_batch(blocked_path, cnn_path, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["prune", str(blocked_path), str(cnn_path), "-o", str(out), "--ratio", "0.5", "-q"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["cnn.onnx"]
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"spa-nm: {blocked_path}: nothing to prune: ")
+
+
+def test_a_ratio_that_removes_no_channel_is_declined(cnn_path, tmp_path, capsys):
+    code = main(["prune", str(cnn_path), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.05", "-q"])
+    assert code == 1 and not (tmp_path / "o.onnx").exists()
+    err = capsys.readouterr().err
+    assert "nothing to prune: no channel of the 2 prunable groups is removed at --ratio 0.05 with --round-to 8" in err
+
+
+def test_forced_output_may_keep_the_inputs_checker_error_only(cnn_path, tmp_path):
+    """_save of a forced input: the same checker error (or none) is written, a new one is not."""
+    import onnx_ir as ir
+
+    import spa_nm
+    from spa_nm.cli._input import model_checker_error
+    from spa_nm.cli._prune import _save
+    from spa_nm.errors import SurgeryError
+
+    model = spa_nm.load(cnn_path)
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    conv.attributes["strides"] = ir.AttrInt64s("strides", [0, 0])
+    error = model_checker_error(model)
+    assert error and "strides" in error
+    with pytest.raises(SurgeryError, match="new error"):
+        _save(model, str(tmp_path / "a.onnx"), [str(cnn_path)], forced="some other checker error")
+    assert not (tmp_path / "a.onnx").exists()
+    _save(model, str(tmp_path / "b.onnx"), [str(cnn_path)], forced=error)
+    assert (tmp_path / "b.onnx").exists()
+    _save(spa_nm.load(cnn_path), str(tmp_path / "c.onnx"), [str(cnn_path)], forced=error)  # no error: fine
+    assert (tmp_path / "c.onnx").exists()
