@@ -364,3 +364,18 @@ def test_signal_mid_jobs_batch(tmp_path, sig):
     for p in written:
         onnx.checker.check_model(str(p), full_check=True)
     assert sha(src / "m0.onnx") == before
+
+
+def test_a_valid_contrib_op_model_is_not_refused(tmp_path, capsys):
+    """onnxruntime's com.microsoft ops have no ONNX schema and SimplifiedLayerNormalization sits
+    in the ONNX domain (spa_nm registers its schema): the checker must let such a model in."""
+    from spa_nm.cli import main
+    from tests.helpers import model_from_text
+    from tests.rules.test_contrib import gemm_tokens
+
+    text = gemm_tokens("s = com.microsoft.FastGelu (h, b)\n a = SimplifiedLayerNormalization (s, g)", "float[8] b, float[8] g")
+    src = tmp_path / "contrib.onnx"
+    onnx.save(model_from_text(text), src)
+    out = tmp_path / "o.onnx"
+    assert main(["prune", str(src), "-o", str(out), "--ratio", "0.5", "--allow-approximate", "-q"]) == 0
+    assert out.exists() and not capsys.readouterr().err

@@ -289,9 +289,9 @@ def _reason(b) -> str:
     if b.op in _IO_REASONS:
         return b.op
     reason = re.sub(r" at opset \d+$", "", b.reason)
-    if re.search(rf"\b{re.escape(b.op)}\b", reason):
-        return reason
-    return f"{b.op}: {reason}"
+    if not re.search(rf"\b{re.escape(b.op)}\b", reason):
+        reason = f"{b.op}: {reason}"
+    return reason if len(reason) <= 120 else reason[:117] + "..."
 
 
 def _cause(e: dict[str, Any]) -> str:
