@@ -50,10 +50,14 @@ def load(path: str | os.PathLike) -> ir.Model:
     return io.load(path)
 
 
-def save(model: ir.Model, path: str | os.PathLike, *, inputs=(), external_data: bool | None = None) -> None:
-    """Save atomically; refuses to overwrite any of ``inputs``. Weights go to ``<path>.data``
-    when ``external_data`` is True or (default) when the model had external data or is > 2 GB."""
-    io.save(model, path, inputs=inputs, external_data=external_data)
+def save(
+    model: ir.Model, path: str | os.PathLike, *, inputs=(), external_data: bool | None = None, verify: bool = True
+) -> None:
+    """Save atomically; refuses to overwrite any of ``inputs`` (or their weights). Weights go to
+    ``<path>.data`` when ``external_data`` is True or (default) when the model had external data
+    or is > 2 GB. With ``verify`` and onnxruntime installed, a written file onnxruntime refuses
+    (and the input among ``inputs`` does not) is a SurgeryError and is not left behind."""
+    io.save(model, path, inputs=inputs, external_data=external_data, verify=verify)
 
 
 def analyze(

@@ -70,7 +70,7 @@ def _sparsify(args) -> int:
     given = _collect(args.inputs)
     files = [Path(f) for f in given]
     targets = _targets(files, args.output)
-    _check_report_path(args.report, files)
+    _check_report_path(args.report, files, targets)
     opts = {"pattern": str(spec), "ignore": list(args.ignore), "force": args.force}
     inputs = list(given)
     jobs = [(f, str(t)) for f, t in zip(given, targets, strict=True)]
@@ -324,11 +324,12 @@ def _finish(entries: list[dict[str, Any]], report: str | None, n_files: int) -> 
     return 1 if worst else 0
 
 
-def _check_report_path(report: str | None, files: list[Path]) -> None:
-    if report:
-        rp = Path(report).resolve()
-        if any(rp == f.resolve() for f in files):
-            raise InputError(f"{report}: report path is an input file")
+def _check_report_path(report: str | None, files: list[Path], targets: list[Path] | None = None) -> None:
+    """Before anything is written: no model output (nor its .data) or report may lead to an
+    input, an input's weights or another output of the run (`spa_nm.io.check_run_paths`)."""
+    from spa_nm import io
+
+    io.check_run_paths(targets or [], files, report)
 
 
 def _check_schedule_args(args) -> None:
@@ -358,7 +359,7 @@ def _prune(args) -> int:
     given = _collect(args.inputs)
     files = [Path(f) for f in given]
     targets = _targets(files, args.output, create=not args.dry_run)
-    _check_report_path(args.report, files)
+    _check_report_path(args.report, files, [] if args.dry_run else targets)
     opts = _options(args)
     inputs = list(given)
     jobs = [(f, str(t)) for f, t in zip(given, targets, strict=True)]

@@ -23,9 +23,7 @@ def _finetune(args) -> int:
     for p in inputs:
         if not Path(p).is_file():
             raise InputError(f"{p}: no such file")
-    io.check_output_path(args.output, inputs)
-    if args.report:
-        io.check_output_path(args.report, [*inputs, args.output])
+    io.check_run_paths([args.output], inputs, args.report)
     model, _ = load_input(args.model)
     if args.threads and args.method != "oneshot":
         from spa_nm.train.finetune import _torch
@@ -82,6 +80,7 @@ def _regime(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    io.check_run_paths([args.output], [f for f in (args.model, args.data, args.val) if f], args.report)
     model, _ = load_input(args.model)
     prune_kw = {"global_ranking": args.global_ranking, "round_to": args.round_to, "steps": args.steps,
                 "aggregation": args.aggregation, "ignore": tuple(args.ignore)}  # fmt: skip

@@ -267,7 +267,7 @@ def _check_labels(model: ir.Model, train: Dataset, valid: Dataset) -> int | None
 def _save_tmp(model: ir.Model, path: Path) -> Path:
     from spa_nm import io
 
-    io.save(model, path)
+    io.save(model, path, verify=False)  # a scratch file, about to be run anyway
     return path
 
 
