@@ -388,8 +388,27 @@ def _param_accounting(dg: DependencyGraph) -> tuple[dict[str, int], dict[tuple[s
     return prunable, held
 
 
-def sparsify(model: ir.Model, pattern, ignore: tuple[str, ...] | list[str] = ()) -> tuple[ir.Model, dict[str, Any]]:
+def sparsify(
+    model: ir.Model,
+    pattern,
+    ignore: tuple[str, ...] | list[str] = (),
+    *,
+    method: str = "magnitude",
+    data: Any = None,
+    calibration_samples: int = 128,
+    sequential: bool = False,
+    seed: int = 0,
+    calibration: Any = None,
+) -> tuple[ir.Model, dict[str, Any]]:
     """N:M masks on every weight along its reduction axis (``pattern``: "2:4" or an NMSpec).
+
+    ``method``: ``"magnitude"`` (default; no data), ``"wanda"`` or ``"sparsegpt"``
+    (docs/nm_oneshot.md): calibrated on ``data`` (a .npz path or a mapping of arrays by graph
+    input name) or, without it, on synthetic inputs from ``seed`` (the report's
+    ``calibration.source`` says which), at most ``calibration_samples`` samples, every layer on
+    the dense model's activations or, with ``sequential``, on its sparsified predecessors'.
+    ``calibration``: a whole `spa_nm.oneshot.Calibration` instead of those keywords. Magnitude
+    with ``data`` also reports each layer's ``reconstruction_error``.
 
     Returns a new model (the input is untouched) and the report.
     """
@@ -397,6 +416,10 @@ def sparsify(model: ir.Model, pattern, ignore: tuple[str, ...] | list[str] = ())
     from spa_nm.nm import sparsify as _sparsify
 
     spec = pattern if isinstance(pattern, NMSpec) else NMSpec.parse(pattern)
-    model, report = _sparsify(model, spec, tuple(ignore))
+    if calibration is None and (method != "magnitude" or data is not None):
+        from spa_nm.oneshot import Calibration
+
+        calibration = Calibration(data=data, samples=calibration_samples, seed=seed, sequential=sequential)
+    model, report = _sparsify(model, spec, tuple(ignore), method=method, calibration=calibration)
     check_model(model, "sparsified model")
     return model, report

@@ -93,15 +93,31 @@ def _subgraph_weights(model: ir.Model) -> list[dict[str, str]]:
     return out
 
 
-def sparsify(model: ir.Model, spec: NMSpec, ignore: tuple[str, ...] = ()) -> tuple[ir.Model, dict[str, Any]]:
-    """A copy of ``model`` with N:M-masked weights, and the report."""
-    from spa_nm.api import copy_model
+@dataclass
+class _Target:
+    """One weight to sparsify: its reader, the value, the reduction axis and its array."""
 
-    t0 = time.perf_counter()
-    work = copy_model(model)
-    view = ModelView(work)
-    done, skipped = [], []
-    zeros = total = 0
+    label: str
+    node: ir.Node
+    value: ir.Value
+    axis: int
+    arr: np.ndarray
+    producer: ir.Node | None  # the Constant node holding it (None: an initializer)
+    shared: bool = False  # read by more than one N:M layer (same axis)
+
+
+def _store(t: _Target, new: np.ndarray) -> None:
+    if t.producer is None:
+        t.value.const_value = ir.tensor(new, name=t.value.name)
+    else:  # a Constant node (paddle2onnx writes every weight this way)
+        set_constant_node(t.producer, ir.tensor(new, name=t.value.name))
+
+
+def _targets(view: ModelView, spec: NMSpec, ignore: tuple[str, ...]) -> tuple[list[_Target], list[dict[str, str]]]:
+    """Every N:M layer weight that can be sparsified (one entry per reader), and the skipped
+    layers with their reasons."""
+    targets: list[_Target] = []
+    skipped: list[dict[str, str]] = []
     readers: dict[str, set[tuple[int, int] | None]] = {}
     plans = []
     for i, node in enumerate(view.nodes):
@@ -139,24 +155,83 @@ def sparsify(model: ir.Model, spec: NMSpec, ignore: tuple[str, ...] = ()) -> tup
         if arr.shape[axis] % spec.m:
             skip(f"reduction size {arr.shape[axis]} is not a multiple of {spec.m}")
             continue
-        mask = nm_mask(arr, axis, spec)
-        new = np.where(mask, arr, np.zeros((), arr.dtype)).astype(arr.dtype)
-        if producer is None:
-            w.const_value = ir.tensor(new, name=w.name)
-        else:  # a Constant node (paddle2onnx writes every weight this way)
-            set_constant_node(producer, ir.tensor(new, name=w.name))
+        targets.append(_Target(label, node, w, axis, arr, producer, len(readers[w.name]) > 1))
+    return targets, skipped
+
+
+def sparsify(
+    model: ir.Model,
+    spec: NMSpec,
+    ignore: tuple[str, ...] = (),
+    method: str = "magnitude",
+    calibration: Any = None,
+) -> tuple[ir.Model, dict[str, Any]]:
+    """A copy of ``model`` with N:M-sparse weights, and the report.
+
+    ``method``: ``"magnitude"`` (the N largest |w| per block, no data), ``"wanda"`` or
+    ``"sparsegpt"`` (calibrated, `spa_nm.oneshot`; docs/nm_oneshot.md). ``calibration``: a
+    `spa_nm.oneshot.Calibration` (default: synthetic inputs). Magnitude with calibration data
+    also reports each layer's reconstruction error on it.
+    """
+    from spa_nm.api import copy_model
+
+    if method not in ("magnitude", "wanda", "sparsegpt"):
+        raise ConfigError(f"unknown N:M method {method!r}; choose from magnitude, wanda, sparsegpt")
+    t0 = time.perf_counter()
+    work = copy_model(model)
+    view = ModelView(work)
+    targets, skipped = _targets(view, spec, ignore)
+    calibrated = method != "magnitude" or getattr(calibration, "data", None) is not None
+    info: dict[int, dict[str, Any]] = {}
+    calib_report = None
+    final: dict[str, np.ndarray] = {}
+
+    def store(t: _Target, new: np.ndarray) -> None:
+        _store(t, new)
+        final[t.value.name] = new
+
+    if calibrated and targets:
+        from spa_nm.oneshot import Calibration, calibrated_sparsify
+
+        first: dict[str, int] = {}  # a shared weight is sparsified once, for its first reader
+        distinct = [t for k, t in enumerate(targets) if first.setdefault(t.value.name, k) == k]
+        got, calib_report = calibrated_sparsify(
+            work, distinct, spec, method, calibration or Calibration(), store
+        )
+        for k, t in enumerate(distinct):
+            info[first[t.value.name]] = got[k]
+    else:
+        for t in targets:
+            mask = nm_mask(t.arr, t.axis, spec)
+            store(t, np.where(mask, t.arr, np.zeros((), t.arr.dtype)).astype(t.arr.dtype))
+    done = []
+    zeros = total = 0
+    for k, t in enumerate(targets):
+        new = final[t.value.name]
         nz = int(np.count_nonzero(new))
         zeros += new.size - nz
         total += new.size
-        done.append({"node": label, "op": node.op_type, "weight": w.name, "shape": list(arr.shape),
-                     "axis": axis, "sparsity": round(1 - nz / new.size, 4)})  # fmt: skip
+        entry = {"node": t.label, "op": t.node.op_type, "weight": t.value.name, "shape": list(t.arr.shape),
+                 "axis": t.axis, "sparsity": round(1 - nz / new.size, 4)}  # fmt: skip
+        entry.update(info.get(k, {}))
+        done.append(entry)
     skipped += _subgraph_weights(work)
     report = {
         "pattern": str(spec),
+        "method": method,
         "layers_sparsified": done,
         "layers_skipped": skipped,
         "sparsity": round(zeros / total, 4) if total else 0.0,
         "weights_sparsified": total,
         "seconds": round(time.perf_counter() - t0, 4),
     }
+    if calib_report is not None:
+        report["calibration"] = calib_report
+        errs = [e["reconstruction_error"] for e in done if e.get("reconstruction_error") is not None]
+        report["reconstruction_error"] = {
+            "mean": round(float(np.mean(errs)), 6) if errs else None,
+            "max": round(float(np.max(errs)), 6) if errs else None,
+            "layers_measured": len(errs),
+        }
+    report["seconds"] = round(time.perf_counter() - t0, 4)
     return work, report
