@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("-o", "--output", required=True, help="output file (one input file) or folder")
     ps.add_argument("--pattern", required=True, metavar="N:M", help="keep N of every M weights along the reduction axis, e.g. 2:4, 1:8")
     ps.add_argument("--ignore", nargs="+", default=[], metavar="PATTERN", help="node names or wildcard patterns to leave dense")
+    ps.add_argument("--method", choices=("magnitude", "wanda", "sparsegpt"), default="magnitude",
+                    help="which weights each block keeps: magnitude (default, no data), wanda or sparsegpt "
+                    "(calibrated, docs/nm_oneshot.md)")  # fmt: skip
+    ps.add_argument("--data", metavar="CALIB.npz", help="calibration inputs by graph input name (default for wanda/sparsegpt: "
+                    "synthetic, reported); with magnitude: report each layer's reconstruction error")  # fmt: skip
+    ps.add_argument("--calibration-samples", type=_positive, default=128, metavar="N",
+                    help="calibration samples at most (default: 128)")  # fmt: skip
     ps.add_argument("--report", metavar="FILE.json", help="write a JSON report")
     _add_batch_args(ps, "sparsified")
 

@@ -71,7 +71,8 @@ def _sparsify(args) -> int:
     files = [Path(f) for f in given]
     targets = _targets(files, args.output)
     _check_report_path(args.report, files, targets)
-    opts = {"pattern": str(spec), "ignore": list(args.ignore), "force": args.force}
+    opts = {"pattern": str(spec), "ignore": list(args.ignore), "force": args.force,
+            "method": args.method, "data": args.data, "calibration_samples": args.calibration_samples}  # fmt: skip
     inputs = list(given)
     jobs = [(f, str(t)) for f, t in zip(given, targets, strict=True)]
     if args.timeout is not None or (args.jobs > 1 and len(jobs) > 1):
@@ -113,10 +114,16 @@ def sparsify_one(src: str, dst: str, opts: dict[str, Any], inputs: list[str], re
     try:
         model, forced = load_input(src, force=bool(opts.get("force")))
         spec = NMSpec.parse(opts["pattern"])
+        method, data = opts.get("method", "magnitude"), opts.get("data")
+        samples = int(opts.get("calibration_samples", 128))
         if forced is None:
-            model, rep = api.sparsify(model, spec, ignore=tuple(opts["ignore"]))
+            model, rep = api.sparsify(model, spec, ignore=tuple(opts["ignore"]), method=method, data=data,
+                                      calibration_samples=samples)  # fmt: skip
         else:  # api.sparsify would refuse the input's own checker error: _save compares it
-            model, rep = nm_sparsify(model, spec, tuple(opts["ignore"]))
+            from spa_nm.oneshot import Calibration
+
+            calib = Calibration(data=data, samples=samples) if method != "magnitude" or data else None
+            model, rep = nm_sparsify(model, spec, tuple(opts["ignore"]), method=method, calibration=calib)
         _save(model, dst, inputs, forced)
         entry.update(rep)
     except SpaNmError as e:
