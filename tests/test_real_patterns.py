@@ -347,3 +347,27 @@ def test_one_element_channel_slot_through_a_reshape_blocks_nothing():
     model = _model(nodes, [_f("x", [2, 3, 6, 6])], [_f("y", [2, 4, 6, 6])], inits)
     res = _prune_exactly(model)
     assert not [b for b in res.report["blocked"] if "size-1" in b["reason"]], res.report["blocked"]
+
+
+def test_a_channel_slot_of_unknown_size_blocks_without_a_rule_error():
+    """paddle2onnx's BiGRU (Baidu LAC), tf2onnx BERT: an element-wise op on a channel axis
+    whose size shape inference left unknown raised inside the rule ("unsupported operand
+    type(s) for -: 'NoneType' and 'int'"); it is a plain block now (the suite runs with
+    SPA_NM_STRICT_RULES, so a rule that raises fails this test)."""
+    rng = np.random.default_rng(0)
+    inits = [
+        nh.from_array(rng.standard_normal((8, 3, 1, 1)).astype(np.float32), "w1"),
+        nh.from_array(rng.standard_normal((4, 8)).astype(np.float32), "wg"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"]),
+        helper.make_node("Reshape", ["c", "target"], ["r"]),  # [?, ?]: a run-time target
+        helper.make_node("Relu", ["r"], ["a"]),
+        helper.make_node("Gemm", ["a", "wg"], ["y"], transB=1),
+    ]
+    target = helper.make_tensor_value_info("target", TensorProto.INT64, [2])
+    model = _model(nodes, [_f("x", [1, 3, 4, 4]), target], [_f("y", [None, 4])], inits)
+    g = spa_nm.analyze(model)
+    reasons = [b.reason for grp in g.groups for b in grp.blocked]
+    assert not [r for r in reasons if "rule error" in r], reasons
+    assert not any(grp.prunable and any(s.value == "a" for s in grp.slots) for grp in g.groups)

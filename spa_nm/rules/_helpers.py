@@ -162,13 +162,26 @@ def passthrough(
 # -- constants carried by zeroed channels (METHODS.md §1.4) -------------------------------
 
 
+def _size_or_none(sizes: Callable[[Slot], int], s: Slot) -> int | None:
+    try:
+        return sizes(s)
+    except ValueError:  # the size function's word for a dim of unknown size
+        return None
+
+
 def _link_pairs(
     links: list[Link], sizes: Callable[[Slot], int]
 ) -> list[tuple[Link, np.ndarray, np.ndarray]]:
     out = []
     for ln in links:
-        a_idx = np.arange(sizes(ln.a)) if ln.a_idx is None else ln.a_idx
-        b_idx = np.arange(sizes(ln.b)) if ln.b_idx is None else ln.b_idx
+        na = _size_or_none(sizes, ln.a) if ln.a_idx is None else None
+        nb = _size_or_none(sizes, ln.b) if ln.b_idx is None else None
+        if (ln.a_idx is None and na is None) or (ln.b_idx is None and nb is None):
+            # a slot on a dim of unknown size carries no known constant (the analysis
+            # blocks it for its size anyway)
+            continue
+        a_idx = np.arange(na) if ln.a_idx is None else ln.a_idx
+        b_idx = np.arange(nb) if ln.b_idx is None else ln.b_idx
         out.append((ln, a_idx, b_idx))
     return out
 
