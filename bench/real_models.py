@@ -218,20 +218,22 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "real_models.md")
     ap.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # worker: one model, JSON out
     ap.add_argument("--size", type=int, default=32, help=argparse.SUPPRESS)
-    ap.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    ap.add_argument("--overrides", type=Path, help=argparse.SUPPRESS)  # .npz of input values
     args = ap.parse_args()
     os.environ["SPA_NM_STRICT_RULES"] = "1"  # a rule that raises is a crash here, not a block
     if args.one:
-        over = {k: np.asarray(v) for k, v in json.loads(args.overrides).items()}
+        over = dict(np.load(args.overrides)) if args.overrides else {}
         print("RESULT " + json.dumps(one(args.one, args.size, over)))
         return 0
     import spa_nm
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, path, size, over in models(args.cache, Path(tmp)):
-            cmd = [sys.executable, __file__, "--one", str(path), "--size", str(size),
-                   "--overrides", json.dumps({k: np.asarray(v).tolist() for k, v in over.items()})]  # fmt: skip
+        for i, (label, path, size, over) in enumerate(models(args.cache, Path(tmp))):
+            cmd = [sys.executable, __file__, "--one", str(path), "--size", str(size)]
+            if over:  # a file: a recurrent model's whole input is too long for a command line
+                np.savez(Path(tmp) / f"overrides{i}.npz", **{k: np.asarray(v) for k, v in over.items()})
+                cmd += ["--overrides", str(Path(tmp) / f"overrides{i}.npz")]
             p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if line is None:

