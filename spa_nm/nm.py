@@ -7,6 +7,10 @@ deterministically: a stable sort, the lower index wins, so every block has exact
 and at most N non-zeros. A layer whose reduction size is not a multiple of M, a weight that is
 not a constant initializer, a weight shared with another reader, and an ``--ignore``d layer
 are skipped and listed. No torch.
+
+That is ``method="magnitude"``. ``"wanda"`` and ``"sparsegpt"`` choose the kept weights (and,
+for SparseGPT, update them) from calibration activations: `spa_nm.oneshot`, docs/nm_oneshot.md.
+The layers, the axis and the skip reasons are the same for every method.
 """
 
 from __future__ import annotations
