@@ -112,6 +112,7 @@ class _Layer:
     feats: Callable[[np.ndarray, int], np.ndarray]  # activation, group -> [tokens, cols]
     chan_sq: Callable[[np.ndarray], tuple[np.ndarray, int]]  # activation -> (Σx² per channel, tokens)
     scale: Callable[[np.ndarray], np.ndarray]  # per-channel norms -> broadcastable to the weight
+    key: tuple = ()  # layers with the same key see the same X: their statistics are shared
     level: int = 0
     # accumulated statistics
     sq: np.ndarray | None = None
@@ -153,7 +154,8 @@ def _layer(t, spec: NMSpec) -> _Layer | str:
             f = flat(xa)
             return np.einsum("ij,ij->j", f, f, dtype=np.float64), f.shape[0]
 
-        return _Layer(t, x.name, 1, k, k, mats, unmats, lambda xa, g: flat(xa), chan_sq, scale)
+        return _Layer(t, x.name, 1, k, k, mats, unmats, lambda xa, g: flat(xa), chan_sq, scale,
+                      key=("mm", x.name, k, bool(trans_a)))  # fmt: skip
     if op == "Conv":
         o, cg, ks = arr.shape[0], arr.shape[1], tuple(arr.shape[2:])
         g = int(_attr(node, "group", 1))
@@ -197,7 +199,8 @@ def _layer(t, spec: NMSpec) -> _Layer | str:
             per = np.repeat(n.reshape(g, cg), po, axis=0)  # [o, cg]
             return per.reshape(o, cg, *([1] * nd))
 
-        return _Layer(t, x.name, g, taps * cg, g * cg, mats, unmats, feats, chan_sq, scale)
+        return _Layer(t, x.name, g, taps * cg, g * cg, mats, unmats, feats, chan_sq, scale,
+                      key=("conv", x.name, g, cg, ks, tuple(strides), tuple(dil), tuple(pads0), auto))  # fmt: skip
     if op == "ConvTranspose":
         ci, cog, ks = arr.shape[0], arr.shape[1], tuple(arr.shape[2:])
         g = int(_attr(node, "group", 1))
@@ -222,7 +225,7 @@ def _layer(t, spec: NMSpec) -> _Layer | str:
             return np.einsum("ij,ij->j", f, f, dtype=np.float64), f.shape[0]
 
         return _Layer(t, x.name, g, cgi, ci, mats, unmats, feats, chan_sq,
-                      lambda n: n.reshape(ci, *([1] * (nd + 1))))  # fmt: skip
+                      lambda n: n.reshape(ci, *([1] * (nd + 1))), key=("convT", x.name, g, cgi))  # fmt: skip
     return f"no calibrated view of {op}"
 
 
@@ -411,8 +414,12 @@ _CHUNK_BYTES = 64 << 20  # im2col rows are built this many bytes at a time
 
 def _collect(sess, names: list[str], layers: list[_Layer], feeder: _Feeder) -> None:
     """One pass over the calibration batches: Σx² per input channel and XᵀX for ``layers``
-    (``names``: their activations that are session outputs; the others are graph inputs)."""
+    (``names``: their activations that are session outputs; the others are graph inputs).
+    Layers with the same ``key`` (Q/K/V projections of one input) share one set."""
+    uniq: dict[tuple, _Layer] = {}
     for lay in layers:
+        uniq.setdefault(lay.key, lay)
+    for lay in uniq.values():
         lay.sq, lay.tokens = np.zeros(lay.channels), 0
         lay.grams = [np.zeros((lay.cols, lay.cols)) for _ in range(lay.groups)] if lay.gram_note is None else None
     for feeds in feeder:
@@ -422,7 +429,7 @@ def _collect(sess, names: list[str], layers: list[_Layer], feeder: _Feeder) -> N
             raise InputError(f"calibration: onnxruntime cannot run the model on these inputs "
                              f"({str(e).splitlines()[0][:200]})") from e  # fmt: skip
         outs.update(feeds)
-        for lay in layers:
+        for lay in uniq.values():
             xa = np.asarray(outs[lay.x], dtype=np.float32)
             sq, tok = lay.chan_sq(xa)
             lay.sq += sq
@@ -437,6 +444,9 @@ def _collect(sess, names: list[str], layers: list[_Layer], feeder: _Feeder) -> N
                 for s in range(0, xa.shape[0], step):
                     f = lay.feats(xa[s : s + step] if step < xa.shape[0] else xa, j)
                     lay.grams[j] += (f.T @ f).astype(np.float64)
+    for lay in layers:
+        first = uniq[lay.key]
+        lay.sq, lay.tokens, lay.grams = first.sq, first.tokens, first.grams
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -469,13 +479,14 @@ def _passes(layers: list[_Layer], calib: Calibration) -> list[list[_Layer]]:
         groups = [layers]
     out = []
     for grp in groups:
-        cur, size = [], 0
-        for lay in grp:
-            b = 0 if lay.gram_note else lay.gram_bytes
-            if cur and size + b > calib.max_gram_bytes:
+        cur, size, keys = [], 0, set()
+        for lay in sorted(grp, key=lambda lay: str(lay.key)):  # one input's layers together
+            b = 0 if lay.gram_note or lay.key in keys else lay.gram_bytes
+            if cur and b and size + b > calib.max_gram_bytes:
                 out.append(cur)
-                cur, size = [], 0
+                cur, size, keys = [], 0, set()
             cur.append(lay)
+            keys.add(lay.key)
             size += b
         if cur:
             out.append(cur)

@@ -463,3 +463,50 @@ def test_cli_sparsify_wanda_with_data(digits_mlp, digits, tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "cli.py"), "sparsify", str(digits_mlp), "-o", str(tmp_path / "x.onnx"),
                           "--pattern", "2:4", "--method", "obs"], capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and "invalid choice" in bad.stderr and not (tmp_path / "x.onnx").exists()
+
+
+QKV = """
+<ir_version: 8, opset_import: ["" : 13]>
+qkv (float[N, T, 16] x) => (float[N, T, 8] q, float[N, T, 8] k, float[N, T, 4] v)
+<float[16, 8] wq, float[16, 8] wk, float[16, 4] wv>
+{
+  q = MatMul (x, wq)
+  k = MatMul (x, wk)
+  v = MatMul (x, wv)
+}
+"""
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 1])
+def test_layers_of_one_input_match_sparsegpt_on_numpy_xtx(tmp_path, budget):
+    """Q/K/V projections of one 3-D input: each weight is SparseGPT on XᵀX computed here from
+    the data; their one XᵀX is collected once, in one pass even when it exceeds the budget."""
+    from tests.helpers import model_from_text
+
+    model = spa_nm.load(_save(model_from_text(QKV), tmp_path / "qkv.onnx"))
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((6, 5, 16)) @ rng.standard_normal((16, 16))).astype(np.float32)
+    calib = Calibration(data={"x": x}, max_gram_bytes=budget)
+    sparse, rep = spa_nm.sparsify(model, "2:4", method="sparsegpt", calibration=calib)
+    assert rep["calibration"]["passes"] == 1
+    flat = x.reshape(-1, 16).astype(np.float64)
+    for name in ("wq", "wk", "wv"):
+        w = model.graph.initializers[name].const_value.numpy()
+        want, _ = sparsegpt_prune(w.T, flat.T @ flat, NMSpec(2, 4))
+        got = sparse.graph.initializers[name].const_value.numpy()
+        np.testing.assert_allclose(got, want.T.astype(np.float32), rtol=1e-4, atol=1e-5)
+        assert check_nm(got, 0, NMSpec(2, 4))
+    feeds = {"x": x}
+    for out, name in zip(run(sparse, feeds), ("wq", "wk", "wv"), strict=True):
+        np.testing.assert_allclose(out, x @ sparse.graph.initializers[name].const_value.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_memory_budget_splits_passes_with_the_same_result(digits_mlp, digits):
+    model = spa_nm.load(digits_mlp)
+    data = {"x": digits[0][:64]}
+    one, rep1 = spa_nm.sparsify(model, "2:4", method="sparsegpt", data=data)
+    split, rep3 = spa_nm.sparsify(model, "2:4", method="sparsegpt", calibration=Calibration(data=data, max_gram_bytes=1))
+    assert rep1["calibration"]["passes"] == 1 and rep3["calibration"]["passes"] == 3
+    for name in ("w0", "w1", "w2"):  # every pass sees the dense model
+        np.testing.assert_array_equal(one.graph.initializers[name].const_value.numpy(),
+                                      split.graph.initializers[name].const_value.numpy())  # fmt: skip
