@@ -17,6 +17,8 @@ import onnx
 import onnx.reference
 import onnx_ir as ir
 
+from spa_nm import limits
+
 __all__ = [
     "add_initializer",
     "fold_shape_arithmetic",
@@ -39,8 +41,7 @@ _FOLDABLE = {
     # rotary tables: cos/sin of (inverse frequencies x positions), constant for static shapes
     "MatMul", "Cos", "Sin",
 }  # fmt: skip
-_MAX_ELEMENTS = 4096
-_MAX_FILL_ELEMENTS = 1 << 28  # 1 GB of float32
+_MAX_ELEMENTS = 4096  # a folded shape-arithmetic value; fills are bounded by limits.fold_limit()
 
 
 def _const_of(v: ir.Value, known: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -62,6 +63,8 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
     partial: dict[str, list[int | None]] = {}  # Shape outputs with symbolic entries
     partial_flags: dict[str, list[bool | None]] = {}  # Equal on them: None where unknown
     opset = dict(model.opset_imports).get("", 13)
+    limit, total = limits.fold_limit(), limits.fold_total()
+    spent = 0  # bytes of the fills folded so far
     folded = 0
     for node in list(g):
         if node.domain not in ("", "ai.onnx") or node.op_type not in _FOLDABLE:
@@ -89,13 +92,24 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
             continue
         if node.op_type == "ConstantOfShape" and src is not None and _const_of(src, known) is not None:
             # a tensor filled with one value (some converters build weights this way): fold
-            # it whatever its size, up to a cap, sharing no memory with anything else
+            # it up to the fold limit (limits.fold_limit; the model's fills together up to
+            # limits.fold_total), sharing no memory with anything else; a bigger one stays a
+            # node, and what reads it stays unfolded
             shape = [int(d) for d in _const_of(src, known).reshape(-1)]
-            if 0 <= int(np.prod(shape)) <= _MAX_FILL_ELEMENTS:
-                attr = node.attributes.get("value")
-                fill = attr.value.numpy().reshape(-1) if attr is not None else np.zeros(1, np.float32)
-                _replace_with_initializer(model, out, np.full(shape, fill[0], dtype=fill.dtype))
-                folded += 1
+            attr = node.attributes.get("value")
+            fill = attr.value.numpy().reshape(-1) if attr is not None else np.zeros(1, np.float32)
+            n = limits.numel(shape)
+            size = None if n is None or fill.size != 1 else n * fill.dtype.itemsize
+            if size is None or size > min(limit, total - spent):
+                if size is not None:
+                    log.info(
+                        "%s: not folded: ConstantOfShape of %s elements (%s) is over the fold limit",
+                        node.name or out.name, limits.show_count(n), limits.show_bytes(size),
+                    )
+                continue
+            spent += size
+            _replace_with_initializer(model, out, np.full(shape, fill[0], dtype=fill.dtype))
+            folded += 1
             continue
         if node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity") and src is not None and src.name in partial:
             partial[out.name] = partial[src.name]
@@ -158,10 +172,16 @@ def fold_shape_arithmetic(model: ir.Model) -> int:
                     partial[out.name] = dims
         elif node.op_type == "Size":
             s = _static_shape(node)
-            arr = None if s is None else np.asarray(np.prod(s), dtype=np.int64)
+            n = None if s is None else limits.numel(s.tolist())
+            arr = None if n is None or n > limits.INT64_MAX else np.asarray(n, dtype=np.int64)
         else:
             inputs = [None if v is None else _const_of(v, known) for v in node.inputs]
             if any(v is not None and a is None for v, a in zip(node.inputs, inputs, strict=True)):
+                continue
+            # sized before it is computed: a Range to 10^9 or an Expand to [10^5, 10^5] of
+            # small constants is never materialized (a result this large is not kept anyway)
+            n = _fold_size(node, inputs)
+            if n is None or n > _MAX_ELEMENTS:
                 continue
             arr = _evaluate(node, inputs, opset)
         if arr is None or arr.size > _MAX_ELEMENTS:
@@ -439,6 +459,96 @@ def _partial_shape(node: ir.Node) -> list | None:
     return dims[s:e]
 
 
+# ops whose output has as many elements as their first input, or fewer
+_SAME_SIZE = {
+    "Unsqueeze", "Squeeze", "Cast", "Reshape", "Identity", "Neg", "Floor", "Ceil", "Sqrt", "Abs",
+    "Not", "Sign", "Transpose", "Flatten", "Cos", "Sin", "Clip", "Slice", "ReduceProd", "ReduceSum",
+    "ReduceMax", "ReduceMin",
+}  # fmt: skip
+_BROADCAST = {"Add", "Sub", "Mul", "Div", "Equal", "Max", "Min", "Mod", "Less", "Greater", "And", "Or", "Pow", "Where"}
+
+
+def _fold_size(node: ir.Node, inputs: list[np.ndarray | None]) -> int | None:
+    """How many elements evaluating ``node`` on the constant ``inputs`` produces, at most,
+    worked out from the inputs' shapes and values in Python ints (never computed); None when
+    it cannot tell (an op it does not size, or inputs the op would refuse)."""
+    op = node.op_type
+    ins = [a for a in inputs if a is not None]
+    try:
+        if op == "Constant":
+            return _constant_size(node)
+        if op in _SAME_SIZE:
+            return int(inputs[0].size) if inputs and inputs[0] is not None else None
+        if op in _BROADCAST:
+            shape = _broadcast([list(a.shape) for a in ins])
+            return None if shape is None else limits.numel(shape)
+        if op == "Concat":
+            return sum(int(a.size) for a in ins)
+        if op == "Gather":
+            data, idx = inputs[0], inputs[1]
+            axis = int(node.attributes["axis"].value) if "axis" in node.attributes else 0
+            rest = [d for k, d in enumerate(data.shape) if k != axis % max(data.ndim, 1)]
+            return limits.numel(rest) * int(idx.size)
+        if op == "GatherElements":
+            return int(inputs[1].size)
+        if op == "NonZero":
+            return int(inputs[0].ndim) * int(inputs[0].size)
+        if op == "ConstantOfShape":
+            return limits.numel(int(d) for d in inputs[0].reshape(-1))
+        if op == "Expand":
+            shape = _broadcast([list(inputs[0].shape), [int(d) for d in inputs[1].reshape(-1)]])
+            return None if shape is None else limits.numel(shape)
+        if op == "Tile":
+            reps = [int(r) for r in inputs[1].reshape(-1)]
+            if len(reps) != inputs[0].ndim:
+                return None
+            return limits.numel(d * r if r >= 0 else -1 for d, r in zip(inputs[0].shape, reps, strict=True))
+        if op == "Range":
+            return _range_size(*(a.reshape(-1)[0].item() for a in inputs[:3]))
+        if op == "MatMul":  # numpy's: a 1-D operand is a row (left) or a column (right)
+            a = [1, *inputs[0].shape] if inputs[0].ndim == 1 else list(inputs[0].shape)
+            b = [*inputs[1].shape, 1] if inputs[1].ndim == 1 else list(inputs[1].shape)
+            batch = _broadcast([a[:-2], b[:-2]])
+            return None if batch is None else limits.numel([*batch, a[-2], b[-1]])
+    except (IndexError, KeyError, TypeError, ValueError, OverflowError, ZeroDivisionError):
+        return None
+    return None
+
+
+def _broadcast(shapes: list[list[int]]) -> list[int] | None:
+    """The numpy broadcast of ``shapes`` (Python ints), or None when they do not broadcast."""
+    rank = max((len(s) for s in shapes), default=0)
+    out = []
+    for k in range(rank):
+        dims = {s[len(s) - rank + k] for s in shapes if len(s) - rank + k >= 0} - {1}
+        if len(dims) > 1 or any(d < 0 for d in dims):
+            return None
+        out.append(dims.pop() if dims else 1)
+    return out
+
+
+def _range_size(start, limit, delta) -> int | None:
+    """Elements of ``Range(start, limit, delta)``: ``max(ceil((limit - start) / delta), 0)``."""
+    if delta == 0:
+        return None
+    if all(isinstance(x, int) for x in (start, limit, delta)):
+        return max(-((start - limit) // delta), 0)
+    n = (limit - start) / delta
+    return max(math.ceil(n), 0) if math.isfinite(n) else None
+
+
+def _constant_size(node: ir.Node) -> int | None:
+    """Elements of a Constant node's value, from its attribute (sparse: its dense shape)."""
+    for key, attr in node.attributes.items():
+        if key in ("value", "sparse_value"):
+            return limits.numel(attr.value.shape) if hasattr(attr.value, "shape") else None
+        if key in ("value_floats", "value_ints", "value_strings"):
+            return len(attr.value)
+        if key in ("value_float", "value_int", "value_string"):
+            return 1
+    return None
+
+
 def _evaluate(node: ir.Node, inputs: list[np.ndarray | None], opset: int) -> np.ndarray | None:
     try:
         proto = ir.serde.serialize_node(node)
@@ -584,9 +694,11 @@ def inline_constant_ifs(model: ir.Model) -> int:
 def _constant_array(v: ir.Value | None) -> np.ndarray | None:
     if v is None:
         return None
+    # a condition is one element: a larger constant is not read (its size is declared)
     if v.const_value is not None and not v.is_graph_input():
-        return v.const_value.numpy()
+        return v.const_value.numpy() if v.const_value.size <= _MAX_ELEMENTS else None
     p = v.producer()
     if p is not None and p.op_type == "Constant" and "value" in p.attributes:
-        return p.attributes["value"].value.numpy()
+        t = p.attributes["value"].value
+        return t.numpy() if t.size <= _MAX_ELEMENTS else None
     return None
