@@ -41,7 +41,7 @@ _FOLDABLE = {
     # rotary tables: cos/sin of (inverse frequencies x positions), constant for static shapes
     "MatMul", "Cos", "Sin",
 }  # fmt: skip
-_MAX_ELEMENTS = 4096  # a folded shape-arithmetic value; fills are bounded by limits.fold_limit()
+_MAX_ELEMENTS = limits.SHAPE_DATA_ELEMENTS  # a folded shape-arithmetic value; fills: limits.fold_limit()
 
 
 def _const_of(v: ir.Value, known: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -666,6 +666,10 @@ def inline_constant_ifs(model: ir.Model) -> int:
         if attr is None or len(attr.value.outputs) != len(node.outputs):
             continue
         branch = attr.value
+        if not all(_same_shape(o, b) for o, b in zip(node.outputs, branch.outputs, strict=True)):
+            # the If's declared shapes would not describe the branch's values (shapes inferred
+            # after it, from the If's declaration, would then contradict them): leave it
+            continue
         for name, v in list(branch.initializers.items()):
             if name in g.initializers:
                 break
@@ -689,6 +693,15 @@ def inline_constant_ifs(model: ir.Model) -> int:
             g.remove(node, safe=True)
             done += 1
     return done
+
+
+def _same_shape(a: ir.Value, b: ir.Value) -> bool:
+    if a.shape is None or b.shape is None or len(a.shape) != len(b.shape):
+        return False
+    return all(
+        not (isinstance(x, int) and isinstance(y, int)) or x == y
+        for x, y in zip(a.shape, b.shape, strict=True)
+    )
 
 
 def _constant_array(v: ir.Value | None) -> np.ndarray | None:
