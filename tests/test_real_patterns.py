@@ -372,15 +372,3 @@ def test_a_channel_slot_of_unknown_size_blocks_without_a_rule_error():
     assert not [r for r in reasons if "rule error" in r], reasons
     assert not any(grp.prunable and any(s.value == "a" for s in grp.slots) for grp in g.groups)
 
-
-def test_if_whose_branch_shapes_differ_from_its_declaration_is_left_alone():
-    """Silero VAD: a constant-condition If whose branch outputs carry no (or other) shapes than
-    the If declares; inlining would let later inferred shapes contradict the branch's values,
-    so the If stays and the model remains valid."""
-    model = _mlp_in_if(cond_from_shape=False)
-    for node in model.graph:
-        if node.op_type == "If":
-            node.attributes["then_branch"].value.outputs[0].shape = None
-    res = spa_nm.prune(model, 0.5, round_to=1)
-    onnx.checker.check_model(ir.serde.serialize_model(res.model), full_check=True)
-    assert [n for n in res.model.graph if n.op_type == "If"]
