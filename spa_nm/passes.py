@@ -591,6 +591,14 @@ def _is_uniform(tensor) -> bool:
 
 
 def _replace_with_initializer(model: ir.Model, out: ir.Value, arr) -> None:
+    if isinstance(arr, np.ndarray) and out.dtype is not None:
+        # a folded shape part keeps its element type (tf2onnx computes shapes in int32)
+        try:
+            want = np.dtype(out.dtype.numpy())
+        except Exception:
+            want = arr.dtype
+        if want != arr.dtype and want.kind in "iu" and arr.dtype.kind in "iub":
+            arr = arr.astype(want)
     name = out.name
     out.name = f"{name}__computed"
     tensor = arr if not isinstance(arr, np.ndarray) else ir.tensor(arr, name=name)
