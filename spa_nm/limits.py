@@ -24,6 +24,7 @@ __all__ = [
     "INT64_MAX",
     "PROPAGATION_ELEMENTS",
     "PROPAGATION_VALUE",
+    "SHAPE_DATA_ELEMENTS",
     "fold_limit",
     "fold_total",
     "numel",
@@ -37,9 +38,13 @@ FOLD_TOTAL_FACTOR = 8  # the folded tensors of one model together: 8 x the per-t
 
 INT64_MAX = 2**63 - 1
 
+# the largest constant kept as shape data (a folded shape vector, the symbolic inference's
+# values of a fill): shape arithmetic never needs more
+SHAPE_DATA_ELEMENTS = 4096
+
 # ONNX shape inference with data propagation holds each shape-vector element as one protobuf
 # message (~100 bytes): at most this many elements in all, and per value, on one pass
-PROPAGATION_ELEMENTS = 1 << 22
+PROPAGATION_ELEMENTS = 1 << 21
 PROPAGATION_VALUE = 1 << 20
 
 

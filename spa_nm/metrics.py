@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-
-import numpy as np
 
 import onnx_ir as ir
 from spa_nm.graph import ModelView
@@ -43,7 +42,7 @@ def count(model: ir.Model, view: ModelView | None = None) -> dict:
             v.const_value.dtype.is_floating_point() or v.const_value.dtype in _QUANTIZED
         ):
             continue
-        n = int(np.prod(v.const_value.shape.numpy())) if len(v.const_value.shape) else 1
+        n = math.prod(int(d) for d in v.const_value.shape)  # Python ints: never overflows
         total_params += n
         by_op[owner.get(name, "(unused)")]["params"] += n
     total_macs = 0

@@ -20,6 +20,7 @@ import logging
 import onnx
 import onnx_ir as ir
 
+from spa_nm import limits
 from spa_nm.io import light_proto
 
 __all__ = ["has_symbolic_dims", "has_unknown_shapes", "refine_symbolic_shapes"]
@@ -96,6 +97,29 @@ def _run_tool(tool, proto: onnx.ModelProto, auto_merge: bool) -> tuple[onnx.Mode
     return sym.out_mp_, bool(complete)
 
 
+def _bounded(tool):
+    """``tool`` sized before it computes: its ConstantOfShape builds the values of an int64
+    fill of literal dims with ``np.ones`` (to carry them on as shape data), whatever their
+    number; past `limits.SHAPE_DATA_ELEMENTS` elements the output gets its shape only."""
+    from onnxruntime.tools import symbolic_shape_infer as ssi
+
+    class Bounded(tool):
+        def _infer_ConstantOfShape(self, node):  # noqa: N802 (the tool's dispatch name)
+            dims = self._get_int_or_float_values(node)[0]
+            dims = dims if dims is None or isinstance(dims, list) else [dims]
+            n = None if dims is None or not all(ssi.is_literal(d) for d in dims) else limits.numel(int(d) for d in dims)
+            if n is None or n <= limits.SHAPE_DATA_ELEMENTS:
+                return super()._infer_ConstantOfShape(node)
+            self._update_computed_dims(dims)
+            vi = self.known_vi_[node.output[0]]
+            vi.CopyFrom(onnx.helper.make_tensor_value_info(
+                node.output[0], vi.type.tensor_type.elem_type, ssi.get_shape_from_sympy_shape(dims)
+            ))  # fmt: skip
+            return None
+
+    return Bounded
+
+
 def refine_symbolic_shapes(model: ir.Model) -> int:
     """Run onnxruntime's symbolic shape inference on a light copy of ``model`` and adopt its
     shapes where they are more specific. Returns the number of values refined (0 when the
@@ -117,7 +141,7 @@ def refine_symbolic_shapes(model: ir.Model) -> int:
         # broadcast of two names that the graph makes equal at run time)
         for merge in (False, True):
             try:
-                out, complete = _run_tool(SymbolicShapeInference, proto, merge)
+                out, complete = _run_tool(_bounded(SymbolicShapeInference), proto, merge)
             except Exception as e:  # an op or a pattern it cannot handle
                 log.debug("symbolic shape inference (auto_merge=%s) failed: %s", merge, e)
                 continue

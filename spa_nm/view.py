@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from spa_nm import limits
 from spa_nm.passes import slice_ints
 from spa_nm.rules import lookup
 
@@ -112,7 +113,8 @@ class ModelView:
         with symbolic dims (Shape, Gather, Unsqueeze, Squeeze, Concat, Cast). None: unknown."""
         c = self.const(name)
         if c is not None:
-            return [int(v) for v in np.asarray(c).reshape(-1)] if c.dtype.kind in "iu" and c.ndim <= 1 else None
+            small = c.dtype.kind in "iu" and c.ndim <= 1 and c.size <= limits.SHAPE_DATA_ELEMENTS
+            return [int(v) for v in np.asarray(c).reshape(-1)] if small else None
         v = self.values.get(name)
         p = None if v is None else v.producer()
         if p is None or depth > 16 or p.domain not in ("", "ai.onnx"):
@@ -139,9 +141,12 @@ class ModelView:
             return None if any(q is None for q in parts) else [x for q in parts for x in q]
         if p.op_type == "Gather":
             data, idx = self.partial_ints(ins[0], depth + 1), self.const(ins[1])
-            if data is None or idx is None:
+            if data is None or idx is None or np.asarray(idx).size > limits.SHAPE_DATA_ELEMENTS:
                 return None
-            return [data[int(i)] for i in np.asarray(idx).reshape(-1)]
+            picked = [int(i) for i in np.asarray(idx).reshape(-1)]
+            if any(not -len(data) <= i < len(data) for i in picked):
+                return None  # an index the op would refuse
+            return [data[i] for i in picked]
         if p.op_type == "Reshape":
             # a 1-D shape vector reshaped to 1-D ([-1] or [n]) keeps its entries
             target = self.const(ins[1]) if len(ins) > 1 and ins[1] else None
