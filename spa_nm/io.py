@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import numpy as np
 import onnx
 
 import onnx_ir as ir
+from spa_nm import limits
 from spa_nm.errors import InputError, SurgeryError
 
 __all__ = [
@@ -39,8 +41,9 @@ def load(path: str | os.PathLike, *, infer_shapes: bool = True) -> ir.Model:
     """Load ``path`` (external data included), validate it, and run shape inference.
 
     Raises:
-        InputError: missing, empty, truncated or non-ONNX file; external data outside the
-            model's folder or missing.
+        InputError: missing, empty, truncated or non-ONNX file; a tensor whose declared size
+            is not the bytes it holds (raw or typed data, external data); external data
+            outside the model's folder or missing.
     """
     p = Path(path)
     if not p.exists():
@@ -55,6 +58,7 @@ def load(path: str | os.PathLike, *, infer_shapes: bool = True) -> ir.Model:
         raise InputError(f"{p}: not an ONNX model ({_short(e)})") from e
     if not proto.graph.node and not proto.graph.output:
         raise InputError(f"{p}: not an ONNX model (no graph)")
+    _check_tensor_sizes(p, proto)
     _check_external_data(p, proto)
     try:
         if any(True for _ in _external_tensors(proto)):
@@ -153,9 +157,13 @@ def _external_tensors(proto: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
 
 
 def _check_external_data(path: Path, proto: onnx.ModelProto) -> None:
-    """Every external tensor must live in a file inside the model's folder, with its bytes."""
+    """Every external tensor (subgraphs and Constant nodes included) must live in a file inside
+    the model's folder, with the bytes its dims and type need: a ``length`` that is not that
+    many bytes, or an offset past the file's end, is refused before anything is read."""
     base = path.parent.resolve()
-    for t in _external_tensors(proto):
+    for what, t in _all_tensors(proto):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
         info = {e.key: e.value for e in t.external_data}
         loc = info.get("location", "")
         if not loc:
@@ -179,18 +187,113 @@ def _check_external_data(path: Path, proto: onnx.ModelProto) -> None:
             )
         if not exists:
             raise InputError(f"{path}: external data file {loc!r} of {t.name!r} is missing")
-        need = offset + (length if length is not None else _nbytes(t) or 0)
-        if offset < 0 or need > size:
+        if offset < 0 or (length is not None and length < 0):
+            raise InputError(f"{path}: external data of {t.name!r} has a negative offset or length")
+        n, nbytes = _declared(path, what, t)
+        if length is not None and nbytes is not None and length != nbytes:
+            raise InputError(
+                f"{path}: {what} {t.name!r} declares {limits.show_count(n)} elements"
+                f" ({limits.show_bytes(nbytes)}) but its external data holds {limits.show_bytes(length)}"
+            )
+        need = offset + (length if length is not None else nbytes or 0)
+        if need > size:
             raise InputError(
                 f"{path}: external data of {t.name!r} is truncated ({loc!r} has {size} bytes, needs {need})"
             )
 
 
-def _nbytes(t: onnx.TensorProto) -> int | None:
+def _all_tensors(proto: onnx.ModelProto) -> Iterable[tuple[str, onnx.TensorProto]]:
+    """(``"initializer"`` or ``"tensor"``, tensor) for every dense tensor of the model: the
+    initializers and node attributes of every graph and subgraph, and of local functions."""
+    todo = [proto.graph, *proto.functions]
+    while todo:
+        g = todo.pop()
+        for t in getattr(g, "initializer", ()):
+            yield "initializer", t
+        for node in g.node:
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    yield "tensor", a.t
+                elif a.type == onnx.AttributeProto.TENSORS:
+                    yield from (("tensor", t) for t in a.tensors)
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    todo.append(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    todo.extend(a.graphs)
+
+
+def _declared(path: Path, what: str, t: onnx.TensorProto) -> tuple[int, int | None]:
+    """(elements, bytes) that ``t``'s dims and type declare, in Python ints (bytes None where
+    the type has no fixed size: strings, unknown types). InputError for a negative dim or a
+    count past int64, which no reader can index."""
+    if any(d < 0 for d in t.dims):
+        raise InputError(f"{path}: {what} {t.name!r} has a negative dimension ({min(t.dims)})")
+    n = math.prod(t.dims)
+    if n > limits.INT64_MAX:
+        raise InputError(
+            f"{path}: {what} {t.name!r} declares {limits.show_count(n)} elements"
+            f" (dims {list(t.dims)}), more than int64 can count"
+        )
+    return n, _nbytes(t)
+
+
+def _check_tensor_sizes(path: Path, proto: onnx.ModelProto) -> None:
+    """Every tensor held in the file must hold the data its dims declare: raw bytes, or values
+    in its typed field (``float_data``, ``int64_data``, ...). A contradiction is refused in one
+    line naming the tensor, before anything reads it (an initializer that declares 10^12
+    elements with 4 bytes of data is not a weight of 4 TB)."""
+    for what, t in _all_tensors(proto):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # _check_external_data compares it with its file
+        n, nbytes = _declared(path, what, t)
+        if t.HasField("raw_data"):
+            have, unit, need = len(t.raw_data), "bytes", nbytes
+        elif t.data_type == onnx.TensorProto.STRING:
+            have, unit, need = len(t.string_data), "values", n
+        else:
+            field = _typed_field(t.data_type)
+            if field is None:
+                continue  # sub-byte or unknown types: packing rules vary, the checker decides
+            per = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+            have, unit, need = len(getattr(t, field)), "values", n * per
+        if need is None or have == need:
+            continue
+        size = f" ({limits.show_bytes(nbytes)})" if nbytes is not None else ""
+        held = limits.show_bytes(have) if unit == "bytes" else f"{have} value{'' if have == 1 else 's'}"
+        raise InputError(
+            f"{path}: {what} {t.name!r} declares {limits.show_count(n)} elements{size} but holds {held}"
+        )
+
+
+def _typed_field(data_type: int) -> str | None:
+    """The typed-data field of a tensor of ``data_type`` holding one entry per element, or None
+    (sub-byte types pack several; unknown types)."""
+    if data_type in _SUB_BYTE_BITS:
+        return None
     try:
-        n = 1
-        for d in t.dims:
-            n *= int(d)
+        return onnx.helper.tensor_dtype_to_field(data_type)
+    except Exception:
+        return None
+
+
+# bits per element of the packed sub-byte types
+_SUB_BYTE_BITS = {
+    getattr(onnx.TensorProto, name): bits
+    for name, bits in (("INT4", 4), ("UINT4", 4), ("FLOAT4E2M1", 4), ("INT2", 2), ("UINT2", 2))
+    if hasattr(onnx.TensorProto, name)
+}
+
+
+def _nbytes(t: onnx.TensorProto) -> int | None:
+    """Bytes of ``t``'s data as its dims and type declare them (Python ints: never overflows;
+    sub-byte types packed); None for strings and unknown types."""
+    n = math.prod(int(d) for d in t.dims)
+    bits = _SUB_BYTE_BITS.get(t.data_type)
+    if bits is not None:
+        return math.ceil(n * bits / 8)
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
         return n * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
     except Exception:
         return None
@@ -255,19 +358,175 @@ def light_proto(model: ir.Model) -> onnx.ModelProto:
 
 def _infer_shapes(model: ir.Model, path: Path) -> ir.Model:
     """ONNX shape inference (with data propagation) on a light copy, merged back by value
-    name; map-typed values are left untyped (onnx-ir cannot hold them)."""
+    name; map-typed values are left untyped (onnx-ir cannot hold them).
+
+    Data propagation is bounded (`_bounded_proto`): where the model's shapes leave a vector it
+    would read unknown, a pass without it comes first, and the vectors it would expand past
+    `limits.PROPAGATION_VALUE` elements (or all of them past `limits.PROPAGATION_ELEMENTS`)
+    are read through stand-ins that carry no values."""
     try:
         for _ in range(3):
-            inferred = onnx.shape_inference.infer_shapes(
-                light_proto(model), check_type=True, strict_mode=False, data_prop=True
-            )
-            _stash_map_types(inferred)
-            _merge_shapes(model, ir.serde.deserialize_model(inferred))
+            proto, cuts = _bounded_proto(model)
+            if cuts:  # shapes first, without data propagation (it cannot grow: no values)
+                _merge_inferred(model, light_proto(model), data_prop=False)
+                proto, cuts = _bounded_proto(model)
+            for _ in range(3):
+                _merge_inferred(model, proto, data_prop=True)
+                if not cuts:
+                    break
+                # what this pass found may lift cuts (a vector's length is known now)
+                proto, again = _bounded_proto(model)
+                if again == cuts:
+                    break
+                cuts = again
             if not _same_shape_ml_ops(model):
                 break
     except Exception as e:  # the model loads: missing shapes only block channels later
         log.warning("%s: shape inference failed (%s)", path, _short(e))
     return model
+
+
+def _merge_inferred(model: ir.Model, proto: onnx.ModelProto, *, data_prop: bool) -> None:
+    inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=data_prop)
+    _stash_map_types(inferred)
+    _merge_shapes(model, ir.serde.deserialize_model(inferred))
+
+
+# -- bounded data propagation ----------------------------------------------------------------
+#
+# ONNX data propagation keeps the value of every shape vector as a TensorShapeProto, one
+# message per element, and reads any 1-D input of known length N of an op that propagates
+# (Cast, Add, Concat, Gather, Size, ... and function ops, whose bodies do) as N unknown
+# entries: a 5 KB model with a Range to 10^9 (or a graph input declared [10^9]) feeding a Cast
+# takes 100 GB there. So the copy it runs on reads, at such an op, a vector through a stand-in
+# graph input of the same type and rank with unknown dims (which carries no values) when the
+# vector is longer than limits.PROPAGATION_VALUE, when the vectors read so far reach
+# limits.PROPAGATION_ELEMENTS, or when its length is not known yet (this very pass could make
+# it long); the latter are lifted on the next pass once their length is known.
+
+
+def _bounded_proto(model: ir.Model) -> tuple[onnx.ModelProto, frozenset]:
+    """A light proto of ``model`` whose data propagation is bounded, and the cuts made in it
+    (graph, node, input index): empty when it is the plain light proto."""
+    proto = light_proto(model)
+    graphs = list(_proto_graphs(proto.graph))
+    shapes: dict[str, list | None] = {}
+    types: dict[str, int] = {}
+    with_data: dict[str, int] = {}
+    for g in graphs:
+        for vi in (*g.input, *g.value_info, *g.output):
+            if vi.type.WhichOneof("value") == "tensor_type":
+                tt = vi.type.tensor_type
+                shapes[vi.name] = _dims_of(tt) if tt.HasField("shape") else None
+                types[vi.name] = tt.elem_type
+        for t in g.initializer:
+            shapes[t.name] = list(t.dims)
+            types[t.name] = t.data_type
+            with_data[t.name] = math.prod(t.dims)
+    given = {vi.name for vi in proto.graph.input} | set(with_data)
+    opsets = {("" if o.domain == "ai.onnx" else o.domain): o.version for o in proto.opset_import}
+    local = {(f.domain, f.name) for f in proto.functions}
+    cuts, stand_ins, seen = [], {}, set()
+    budget = limits.PROPAGATION_ELEMENTS
+    for gi, g in enumerate(graphs):
+        for ni, node in enumerate(g.node):
+            if not _propagates(node, opsets, local):
+                continue
+            shape_op = node.op_type == "Shape" and node.domain in ("", "ai.onnx")
+            lens, cut = {}, []
+            for k, name in enumerate(node.input):
+                if not name:
+                    continue
+                n = _data_len(name, shapes, with_data, given, shape_op)
+                if n is None or n > limits.PROPAGATION_VALUE:
+                    cut.append(k)
+                elif n:
+                    lens[k] = n
+            cost = sum(n for k, n in lens.items() if node.input[k] not in seen) + sum(lens.values())
+            if cost > budget:
+                cut += list(lens)
+            else:
+                budget -= cost
+                seen.update(node.input[k] for k in lens)
+            for k in sorted(cut):
+                name = node.input[k]
+                cuts.append((gi, ni, k))
+                if not types.get(name):
+                    # not typed yet, so no stand-in can take its place: the caller infers
+                    # without data propagation first, which types it
+                    continue
+                rank = None if shape_op or shapes.get(name) is None else len(shapes[name])
+                key = (name, rank)
+                if key not in stand_ins:
+                    stand_ins[key] = _stand_in(proto, len(stand_ins), types[name], rank)
+                node.input[k] = stand_ins[key]
+    return proto, frozenset(cuts)
+
+
+def _proto_graphs(g: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
+    """``g`` and its subgraphs, depth first, in a fixed order."""
+    yield g
+    for node in g.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _proto_graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    yield from _proto_graphs(sub)
+
+
+def _dims_of(tt: onnx.TypeProto.Tensor) -> list[int | None]:
+    return [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
+
+
+def _data_len(name: str, shapes: dict, with_data: dict, given: set, shape_op: bool) -> int | None:
+    """How many elements data propagation makes of value ``name`` when an op reads it (for
+    ``Shape``, its rank); None when that is not known yet and this pass could reveal it."""
+    if name in with_data and not shape_op:
+        return with_data[name]
+    dims = shapes.get(name)
+    if dims is None:  # no shape: an input stays so, a computed value may get one now
+        return 0 if name in given else None
+    if shape_op:
+        return len(dims)
+    if len(dims) == 0:
+        return 1
+    if len(dims) > 1:
+        return 0  # data propagation reads scalars and vectors only
+    if dims[0] is None:
+        return 0 if name in given else None
+    return dims[0]
+
+
+def _stand_in(proto: onnx.ModelProto, k: int, elem_type: int, rank: int | None) -> str:
+    """Add a graph input of ``elem_type`` and ``rank`` (None: unknown) with unknown dims."""
+    name = f"__spa_nm_nodata_{k}"
+    vi = onnx.helper.make_tensor_value_info(name, elem_type, None if rank is None else [None] * rank)
+    proto.graph.input.append(vi)
+    return name
+
+
+def _propagates(node: onnx.NodeProto, opsets: dict, local: set) -> bool:
+    """Whether ONNX data propagation reads ``node``'s inputs: its schema has a propagator, or
+    it is a function (local, or a schema without its own inference) inferred through its body."""
+    if (node.domain, node.op_type) in local:
+        return True
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    version = opsets.get(domain)
+    return version is not None and _schema_propagates(domain, node.op_type, version)
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_propagates(domain: str, op_type: str, version: int) -> bool:
+    try:
+        schema = onnx.defs.get_schema(op_type, version, domain)
+    except Exception:  # no schema: not inferred at all
+        return False
+    if schema.has_data_propagation_function:
+        return True
+    return not schema.has_type_and_shape_inference_function and (
+        schema.has_function or schema.has_context_dependent_function
+    )
 
 
 # ai.onnx.ml ops whose output has the input's shape, which ONNX does not infer (an sklearn
