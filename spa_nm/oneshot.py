@@ -52,6 +52,7 @@ import onnx_ir as ir
 
 from spa_nm.errors import ConfigError, InputError, SpaNmError
 from spa_nm.nm import NMSpec, check_nm, nm_mask
+from spa_nm.view import attr_value as _attr
 
 __all__ = ["METHODS", "Calibration", "calibrated_sparsify", "sparsegpt_prune", "wanda_mask"]
 
@@ -90,12 +91,6 @@ class Calibration:
 # -- the layers as matrices --------------------------------------------------------------------
 
 
-def _attr(node: ir.Node, key: str, default: Any) -> Any:
-    a = node.attributes.get(key)
-    if a is None:
-        return default
-    v = a.value
-    return v.decode() if isinstance(v, bytes) else v
 
 
 @dataclass

@@ -240,3 +240,12 @@ def _topo_sorted(g: ir.Graph) -> list[ir.Node]:
     if len(order) != len(nodes):
         return nodes
     return [nodes[i] for i in order]
+
+
+def attr_value(node: ir.Node, key: str, default: Any) -> Any:
+    """Attribute ``key`` of ``node`` (strings decoded), or ``default`` when absent."""
+    a = node.attributes.get(key)
+    if a is None:
+        return default
+    v = a.value
+    return v.decode() if isinstance(v, bytes) else v

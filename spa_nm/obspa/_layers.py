@@ -13,6 +13,7 @@ import onnx_ir as ir
 
 from spa_nm.facts import Blocked, Role
 from spa_nm.graph import ChannelGroup, DependencyGraph, node_label
+from spa_nm.view import attr_value as _attr
 
 
 @dataclass
@@ -37,12 +38,6 @@ class _Layer:
     can_create_bias: bool = False
 
 
-def _attr(node: ir.Node, key: str, default: Any) -> Any:
-    a = node.attributes.get(key)
-    if a is None:
-        return default
-    v = a.value
-    return v.decode() if isinstance(v, bytes) else v
 
 
 def _conv(dg: DependencyGraph, i: int, node: ir.Node, p, group: ChannelGroup) -> _Layer | str:
